@@ -1,0 +1,135 @@
+"""Settings: every knob of CONTRACT.md §10, read from the environment and `.env`."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger("talkstack.config")
+
+_MIN_SECRET_LEN = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    database_url: str = "sqlite:///./talkstack.db"
+    # Unset: generated once and kept in DATA_DIR, with a loud warning (fine for one machine,
+    # wrong for several: every process must sign with the same key).
+    secret_key: str | None = None
+    data_dir: Path = Path("./data")
+    public_base_url: str = "http://localhost:8000"
+    environment: str = "development"
+
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_api_base_url: str = "https://api.twilio.com"
+
+    llm_base_url: str = "https://api.openai.com/v1"
+    llm_api_key: str | None = None
+    llm_model: str = "gpt-4o-mini"
+
+    elevenlabs_api_key: str | None = None
+    elevenlabs_api_base_url: str = "https://api.elevenlabs.io"
+
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "Talkstack <no-reply@localhost>"
+    smtp_starttls: bool = False
+    smtp_timeout_seconds: float = 10.0
+
+    hubspot_api_base_url: str = "https://api.hubapi.com"
+    redis_url: str | None = None
+    webhook_allow_private_hosts: bool = False
+    batch_calls_per_second: Annotated[float, Field(gt=0)] = 1.0
+    batch_max_concurrent_calls: Annotated[int, Field(ge=1)] = 10
+
+    # Token lifetimes (CONTRACT.md §2).
+    access_token_ttl_seconds: int = 2 * 3600
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    verification_code_ttl_seconds: int = 15 * 60
+    verification_max_attempts: int = 5
+    reset_token_ttl_seconds: int = 3600
+    jwt_algorithm: str = "HS256"
+
+    # Argon2id cost. The defaults are OWASP's; tests lower them to keep CI fast.
+    argon2_time_cost: int = 3
+    argon2_memory_cost_kib: int = 65536
+    argon2_parallelism: int = 4
+    password_hash_concurrency: int = 4
+
+    # Abuse limits on the unauthenticated auth endpoints, in `limits` notation.
+    rate_limit_per_ip: str = "30/minute"
+    rate_limit_per_email: str = "10/minute"
+    rate_limit_enabled: bool = True
+
+    log_level: str = "INFO"
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _strip_slash(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_secret(self) -> Settings:
+        if self.secret_key is not None and len(self.secret_key) < _MIN_SECRET_LEN:
+            raise ValueError(
+                f"SECRET_KEY must be at least {_MIN_SECRET_LEN} characters; "
+                'generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
+            )
+        return self
+
+    @property
+    def async_database_url(self) -> str:
+        return to_async_url(self.database_url)
+
+    @property
+    def twilio_configured(self) -> bool:
+        return bool(self.twilio_account_sid and self.twilio_auth_token)
+
+    def resolved_secret_key(self) -> str:
+        """The signing key; generated and persisted in DATA_DIR when SECRET_KEY is unset."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            key = path.read_text().strip()
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            key = secrets.token_urlsafe(48)
+            path.touch(mode=0o600)
+            path.write_text(key)
+        log.warning(
+            "SECRET_KEY is not set: using a generated key kept in %s. Set SECRET_KEY in "
+            "production, and the same value on every server process.",
+            path,
+        )
+        return key
+
+
+def to_async_url(url: str) -> str:
+    """Map a plain SQLAlchemy URL onto the async driver this server uses."""
+    if url.startswith("sqlite:///") or url.startswith("sqlite://"):
+        return url.replace("sqlite:", "sqlite+aiosqlite:", 1)
+    for prefix in (
+        "postgresql://",
+        "postgres://",
+        "postgresql+asyncpg://",
+        "postgresql+psycopg2://",
+    ):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,23 @@
+"""What the lifespan builds once and every request shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.config import Settings
+from app.mail import Mailer
+from app.ratelimit import AuthRateLimiter
+from app.security import PasswordHasher, TokenSigner
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    hasher: PasswordHasher
+    signer: TokenSigner
+    mailer: Mailer
+    limiter: AuthRateLimiter

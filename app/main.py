@@ -1,0 +1,150 @@
+"""create_app(): the lifespan builds the engine and adapters; routers; error handlers; docs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import fastapi_offline
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+
+from app.auth.router import protected as auth_protected
+from app.auth.router import public as auth_public
+from app.config import Settings, get_settings
+from app.context import AppContext
+from app.db import make_engine, make_sessionmaker
+from app.deps import current_user
+from app.errors import NotConfigured, install_error_handlers
+from app.mail import build_mailer
+from app.ratelimit import AuthRateLimiter
+from app.schemas import ErrorBody, MessageOut
+from app.security import PasswordHasher, TokenSigner
+from app.user.router import router as user_router
+
+log = logging.getLogger("talkstack")
+
+_DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+
+DESCRIPTION = """
+A self-hostable, Talkstack-compatible API for AI phone agents on Twilio.
+
+Authenticate with **Authorize**: paste an access token from `/auth/login` into `bearerAuth`,
+or an API key from `/user/generate-apikey` into `apiKeyAuth`. Every error answers
+`{"message", "status": "error", "code"}` (plus `errors` for invalid fields).
+"""
+
+
+def build_context(settings: Settings) -> AppContext:
+    engine = make_engine(settings.async_database_url)
+    return AppContext(
+        settings=settings,
+        engine=engine,
+        sessionmaker=make_sessionmaker(engine),
+        hasher=PasswordHasher(settings),
+        signer=TokenSigner(
+            settings.resolved_secret_key(),
+            algorithm=settings.jwt_algorithm,
+            ttl_seconds=settings.access_token_ttl_seconds,
+        ),
+        mailer=build_mailer(settings),
+        limiter=AuthRateLimiter(settings),
+    )
+
+
+def _docs_routes(app: FastAPI) -> None:
+    # Swagger UI and ReDoc from files this server serves: the docs work with no internet.
+    app.mount("/docs-assets", StaticFiles(directory=_DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json",
+            title="Talkstack API",
+            swagger_js_url=f"{root}/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs-assets/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs-assets/favicon.png",
+            swagger_ui_parameters={"persistAuthorization": True},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_redoc_html(
+            openapi_url=f"{root}/openapi.json",
+            title="Talkstack API",
+            redoc_js_url=f"{root}/docs-assets/redoc.standalone.js",
+            redoc_favicon_url=f"{root}/docs-assets/favicon.png",
+            with_google_fonts=False,
+        )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = build_context(settings)
+        app.state.ctx = ctx
+        if not settings.twilio_configured:
+            log.warning(
+                "TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN are not set: "
+                "telephony endpoints answer 503."
+            )
+        try:
+            yield
+        finally:
+            await ctx.engine.dispose()
+
+    app = FastAPI(
+        title="Talkstack API",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        responses={500: {"model": ErrorBody, "description": "Internal error"}},
+    )
+    install_error_handlers(app)
+    _docs_routes(app)
+
+    @app.get("/health", tags=["ops"], response_model=MessageOut)
+    async def health() -> MessageOut:
+        """Liveness: the process answers."""
+        return MessageOut(message="ok")
+
+    @app.get(
+        "/ready",
+        tags=["ops"],
+        response_model=MessageOut,
+        responses={503: {"model": ErrorBody, "description": "Database unreachable"}},
+    )
+    async def ready(request: Request) -> MessageOut:
+        """Readiness: the database answers."""
+        ctx: AppContext = request.app.state.ctx
+        try:
+            async with ctx.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            log.error("readiness check failed: %s", exc)
+            raise NotConfigured(
+                "The database is not reachable.", code="DATABASE_UNAVAILABLE"
+            ) from exc
+        return MessageOut(message="ready")
+
+    app.include_router(auth_public)
+    # Everything else is protected by default: a router added here needs a credential.
+    protected = APIRouter(dependencies=[Depends(current_user)])
+    protected.include_router(auth_protected)
+    protected.include_router(user_router)
+    app.include_router(protected)
+    return app

@@ -1,0 +1,38 @@
+"""API keys and the active project."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import utcnow
+from app.errors import NotFound
+from app.models import Project, User
+from app.project.service import get_owned_project
+from app.security import new_api_key, sha256_hex
+
+
+async def generate_api_key(session: AsyncSession, *, user: User) -> str:
+    """A new key replaces the old one at once; only its hash is kept."""
+    key = new_api_key()
+    user.api_key_hash = sha256_hex(key)
+    user.api_key_created_at = utcnow()
+    await session.flush()
+    return key
+
+
+async def set_active_project(session: AsyncSession, *, user: User, project_id: str) -> Project:
+    project = await get_owned_project(session, user=user, project_id=project_id)
+    user.active_project_id = project.id
+    user.updated_at = utcnow()
+    await session.flush()
+    return project
+
+
+async def get_active_project(session: AsyncSession, *, user: User) -> Project:
+    none_set = NotFound("No active project is set.", code="NO_ACTIVE_PROJECT")
+    if user.active_project_id is None:
+        raise none_set
+    try:
+        return await get_owned_project(session, user=user, project_id=user.active_project_id)
+    except NotFound:  # the active project was deleted since
+        raise none_set from None
