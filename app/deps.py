@@ -27,7 +27,9 @@ CtxDep = Annotated[AppContext, Depends(get_ctx)]
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    async for session in session_scope(request.app.state.ctx.sessionmaker):
+    # A context manager, not a nested generator: an error raised by the handler is thrown in
+    # here and reaches session_scope, which rolls back and closes the connection at once.
+    async with session_scope(request.app.state.ctx.sessionmaker) as session:
         yield session
 
 
