@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
+from app.agent.router import router as agent_router
 from app.auth.router import protected as auth_protected
 from app.auth.router import public as auth_public
 from app.config import Settings, get_settings
@@ -22,9 +23,12 @@ from app.db import make_engine, make_sessionmaker
 from app.deps import current_user
 from app.errors import NotConfigured, install_error_handlers
 from app.mail import build_mailer
+from app.phone_number.router import router as phone_number_router
+from app.project.router import router as project_router
 from app.ratelimit import AuthRateLimiter
 from app.schemas import ErrorBody, MessageOut
 from app.security import PasswordHasher, TokenSigner
+from app.telephony.twilio import build_telephony
 from app.user.router import router as user_router
 
 log = logging.getLogger("talkstack")
@@ -54,6 +58,7 @@ def build_context(settings: Settings) -> AppContext:
         ),
         mailer=build_mailer(settings),
         limiter=AuthRateLimiter(settings),
+        telephony=build_telephony(settings),
     )
 
 
@@ -103,6 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if ctx.telephony:
+                await ctx.telephony.aclose()
             await ctx.engine.dispose()
 
     app = FastAPI(
@@ -146,5 +153,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     protected = APIRouter(dependencies=[Depends(current_user)])
     protected.include_router(auth_protected)
     protected.include_router(user_router)
+    protected.include_router(project_router)
+    protected.include_router(agent_router)
+    protected.include_router(phone_number_router)
     app.include_router(protected)
     return app

@@ -34,3 +34,9 @@ class Project(TimestampMixin, Base):
     is_deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     call_status_webhook: Mapped[str | None] = mapped_column(String(2048))
+    # Signs webhook deliveries (CONTRACT.md §8). It must be usable to sign, so it cannot be a
+    # hash; it is shown to the user once, when first created.
+    webhook_secret: Mapped[str | None] = mapped_column(String(100))
+    active_agent_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("agents.id", use_alter=True, ondelete="SET NULL")
+    )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
 
 from app.models import Project
+from app.schemas import Strict
 from app.timefmt import iso_ms
 
 PROJECT_EXAMPLE: dict[str, Any] = {
@@ -47,7 +48,174 @@ class ProjectOut(BaseModel):
             status="ACTIVE",
             is_deleted=project.is_deleted,
             call_status_webhook=project.call_status_webhook,
-            active_agent=None,
+            active_agent=str(project.active_agent_id) if project.active_agent_id else None,
             created_at=iso_ms(project.created_at) or "",
             updated_at=iso_ms(project.updated_at) or "",
         )
+
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Description = Annotated[str, StringConstraints(strip_whitespace=True, max_length=5000)]
+WebhookUrl = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2048)]
+
+
+class CreateProjectIn(Strict):
+    name: Name
+    description: Description = ""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"name": "Demo Project", "description": "This is a demo project."}
+        }
+    )
+
+
+class UpdateProjectIn(Strict):
+    name: Name | None = None
+    description: Description | None = None
+    webhookUrl: WebhookUrl | None = Field(
+        default=None, validation_alias=AliasChoices("webhookUrl", "webhookURL")
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "name": "Demo Project",
+                "description": "This is a project.",
+                "webhookUrl": "https://example.com/talkstack/events",
+            }
+        }
+    )
+
+
+class DeleteProjectIn(Strict):
+    cascade: bool = False
+
+    model_config = ConfigDict(json_schema_extra={"example": {"cascade": True}})
+
+
+class AddWebhookIn(Strict):
+    projectId: str
+    webhookURL: WebhookUrl = Field(validation_alias=AliasChoices("webhookURL", "webhookUrl"))
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "projectId": "dce09491-e3c8-4c0b-bf01-c8ef8729088b",
+                "webhookURL": "https://example.com/talkstack/events",
+            }
+        }
+    )
+
+
+class ProjectIdIn(Strict):
+    projectId: str
+
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"projectId": "dce09491-e3c8-4c0b-bf01-c8ef8729088b"}}
+    )
+
+
+class SetActiveAgentIn(Strict):
+    projectId: str
+    active_agent: str
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "projectId": "dce09491-e3c8-4c0b-bf01-c8ef8729088b",
+                "active_agent": "232ac42a-2ea0-4276-a5d8-43c8c9f7b857",
+            }
+        }
+    )
+
+
+class ProjectDataOut(BaseModel):
+    message: str
+    status: Literal["success"] = "success"
+    data: ProjectOut
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "message": "successfully created project.",
+                "status": "success",
+                "data": PROJECT_EXAMPLE,
+            }
+        }
+    )
+
+
+class ProjectUpdateOut(ProjectDataOut):
+    webhookSecret: str | None = Field(
+        default=None,
+        description="Only when this request gave the project its first webhook URL: the secret "
+        "that signs deliveries (X-Talkstack-Signature). It is never shown again.",
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "message": "successfully updated project info.",
+                "status": "success",
+                "data": PROJECT_EXAMPLE,
+                "webhookSecret": "whsec_hV2cT3m8y0B0mX3nq3m5x2Q9rJt7uP1kL4dZs6wE8aY",
+            }
+        }
+    )
+
+
+class ProjectListOut(BaseModel):
+    message: str
+    status: Literal["success"] = "success"
+    data: list[ProjectOut]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "message": "successfully fetched projects.",
+                "status": "success",
+                "data": [PROJECT_EXAMPLE],
+            }
+        }
+    )
+
+
+class WebhookOut(BaseModel):
+    message: str
+    status: Literal["success"] = "success"
+    webhookSecret: str | None = Field(
+        default=None, description="Only the first time a webhook URL is set: shown once."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "message": "added webhook url.",
+                "status": "success",
+                "webhookSecret": "whsec_hV2cT3m8y0B0mX3nq3m5x2Q9rJt7uP1kL4dZs6wE8aY",
+            }
+        }
+    )
+
+
+class ActiveAgentOut(BaseModel):
+    message: str
+    status: Literal["success"] = "success"
+    active_agent: str
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "message": "fetched active agent.",
+                "status": "success",
+                "active_agent": "232ac42a-2ea0-4276-a5d8-43c8c9f7b857",
+            }
+        }
+    )
+
+
+class SetActiveAgentOut(BaseModel):
+    message: str
+    status: Literal["success"] = "success"
+    project: ProjectOut

@@ -1,0 +1,134 @@
+"""Assigning Twilio numbers to agents, and finding them again."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.context import AppContext
+from app.db import utcnow
+from app.errors import BadRequest, Conflict, NotConfigured, NotFound
+from app.models import Agent, PhoneNumber, Project, User
+from app.phone import to_e164
+from app.project.service import get_owned_project, parse_id
+
+# Where Twilio sends calls to an assigned number (served by the telephony routes).
+INBOUND_VOICE_PATH = "/twilio/voice/inbound"
+
+_TAKEN = "This number is already assigned to an agent outside this project."
+
+
+async def assign_number(
+    ctx: AppContext, session: AsyncSession, *, user: User, project: Project, agent: Agent, raw: str
+) -> PhoneNumber:
+    """Give `agent` the number `raw`: checked with Twilio, moved within the project, unique."""
+    e164 = to_e164(raw)
+    existing = (
+        await session.execute(select(PhoneNumber).where(PhoneNumber.e164 == e164))
+    ).scalar_one_or_none()
+    if existing is not None and existing.project_id != project.id:
+        raise Conflict(_TAKEN, code="NUMBER_TAKEN")
+    if existing is not None and existing.agent_id == agent.id:
+        return existing
+    # The agent's previous number (if any) is released: an agent has one number.
+    await session.execute(
+        delete(PhoneNumber).where(PhoneNumber.agent_id == agent.id, PhoneNumber.e164 != e164)
+    )
+    if existing is not None:
+        # Moving within the project: Twilio already routes the number here.
+        existing.agent_id = agent.id
+        existing.updated_at = utcnow()
+        await session.flush()
+        return existing
+    telephony = ctx.telephony
+    if telephony is None:
+        raise NotConfigured(
+            "Telephony is not configured: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.",
+            code="TWILIO_NOT_CONFIGURED",
+        )
+    owned = await telephony.find_owned_number(e164)
+    if owned is None:
+        raise BadRequest(
+            f"{e164} is neither a phone number of the configured Twilio account nor one of its "
+            "verified caller ids.",
+            code="NUMBER_NOT_IN_ACCOUNT",
+        )
+    number = PhoneNumber(
+        e164=e164,
+        user_id=user.id,
+        project_id=project.id,
+        agent_id=agent.id,
+        twilio_kind=owned.kind,
+        twilio_sid=owned.sid,
+    )
+    session.add(number)
+    try:
+        await session.flush()
+    except IntegrityError as exc:  # a concurrent request assigned it first
+        raise Conflict(_TAKEN, code="NUMBER_TAKEN") from exc
+    if owned.kind == "incoming":
+        # Last, so a refusal above never leaves Twilio pointing at us for nothing; if this
+        # fails, the whole request rolls back.
+        await telephony.point_voice_url(
+            owned.sid, ctx.settings.public_base_url + INBOUND_VOICE_PATH
+        )
+    return number
+
+
+async def number_of_agent(session: AsyncSession, agent_id: uuid.UUID) -> str | None:
+    return (
+        await session.execute(select(PhoneNumber.e164).where(PhoneNumber.agent_id == agent_id))
+    ).scalar_one_or_none()
+
+
+async def release_agent_number(session: AsyncSession, agent_id: uuid.UUID) -> None:
+    await session.execute(delete(PhoneNumber).where(PhoneNumber.agent_id == agent_id))
+
+
+async def lookup(
+    session: AsyncSession,
+    *,
+    user: User,
+    phone_number_id: str | None,
+    agent_id: str | None,
+    project_id: str | None,
+) -> tuple[PhoneNumber, list[PhoneNumber] | None]:
+    """By number id, else agent id, else project id (Talkstack's precedence)."""
+    none = NotFound("Phone number not found.", code="PHONE_NUMBER_NOT_FOUND")
+    mine = select(PhoneNumber).where(PhoneNumber.user_id == user.id)
+    if phone_number_id:
+        query = mine.where(PhoneNumber.id == parse_id(phone_number_id, "Phone number"))
+    elif agent_id:
+        query = mine.where(PhoneNumber.agent_id == parse_id(agent_id, "Agent"))
+    elif project_id:
+        project = await get_owned_project(session, user=user, project_id=project_id)
+        numbers = list(
+            (
+                await session.execute(
+                    mine.where(PhoneNumber.project_id == project.id).order_by(
+                        PhoneNumber.created_at, PhoneNumber.id
+                    )
+                )
+            ).scalars()
+        )
+        if not numbers:
+            raise none
+        return numbers[0], numbers
+    else:
+        raise BadRequest(
+            "Give one of phoneNumberId, agentId or projectId.",
+            code="VALIDATION_ERROR",
+            errors=[
+                {
+                    "field": "phoneNumberId",
+                    "message": "one of phoneNumberId, agentId, projectId is required",
+                }
+            ],
+        )
+    number = (await session.execute(query)).scalar_one_or_none()
+    if number is None:
+        raise none
+    return number, None

@@ -1,0 +1,147 @@
+"""/project/*: projects, their call-status webhook and their active agent."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends
+
+from app.deps import CtxDep, CurrentUser, SessionDep
+from app.models import Project
+from app.project import service
+from app.project.schemas import (
+    ActiveAgentOut,
+    AddWebhookIn,
+    CreateProjectIn,
+    DeleteProjectIn,
+    ProjectDataOut,
+    ProjectIdIn,
+    ProjectListOut,
+    ProjectOut,
+    ProjectUpdateOut,
+    SetActiveAgentIn,
+    SetActiveAgentOut,
+    UpdateProjectIn,
+    WebhookOut,
+)
+from app.schemas import MessageOut, error_responses
+
+router = APIRouter(prefix="/project", tags=["project"])
+
+
+async def owned_project_from_path(
+    project_id: str, user: CurrentUser, session: SessionDep
+) -> Project:
+    return await service.get_owned_project(session, user=user, project_id=project_id)
+
+
+PathProject = Annotated[Project, Depends(owned_project_from_path)]
+
+
+@router.post("/create-project", response_model=ProjectDataOut, responses=error_responses(401, 409))
+async def create_project(
+    body: CreateProjectIn, user: CurrentUser, session: SessionDep
+) -> ProjectDataOut:
+    """Create a project; names are unique among your live projects."""
+    project = await service.create_project(
+        session, user=user, name=body.name, description=body.description
+    )
+    return ProjectDataOut(message="successfully created project.", data=ProjectOut.of(project))
+
+
+@router.get("", response_model=ProjectListOut, responses=error_responses(401))
+async def list_projects(user: CurrentUser, session: SessionDep) -> ProjectListOut:
+    """Your live projects, newest first."""
+    projects = await service.list_projects(session, user=user)
+    return ProjectListOut(
+        message="successfully fetched projects.", data=[ProjectOut.of(p) for p in projects]
+    )
+
+
+@router.post(
+    "/call-status/add-webhookurl", response_model=WebhookOut, responses=error_responses(401, 404)
+)
+async def add_webhook_url(
+    body: AddWebhookIn, user: CurrentUser, ctx: CtxDep, session: SessionDep
+) -> WebhookOut:
+    """Set the URL that receives signed call events; the first time, returns webhookSecret."""
+    project = await service.get_owned_project(session, user=user, project_id=body.projectId)
+    secret = await service.set_webhook(ctx, project, body.webhookURL)
+    await session.flush()
+    return WebhookOut(message="added webhook url.", webhookSecret=secret)
+
+
+@router.post("/active-agent", response_model=ActiveAgentOut, responses=error_responses(401, 404))
+async def get_active_agent(
+    body: ProjectIdIn, user: CurrentUser, session: SessionDep
+) -> ActiveAgentOut:
+    """The project's active (default) agent id; 404 when none is set."""
+    project = await service.get_owned_project(session, user=user, project_id=body.projectId)
+    agent_id = await service.get_active_agent(project)
+    return ActiveAgentOut(message="fetched active agent.", active_agent=str(agent_id))
+
+
+@router.patch(
+    "/active-agent", response_model=SetActiveAgentOut, responses=error_responses(401, 404)
+)
+async def set_active_agent(
+    body: SetActiveAgentIn, user: CurrentUser, session: SessionDep
+) -> SetActiveAgentOut:
+    """Make one of the project's agents its active agent."""
+    project = await service.get_owned_project(session, user=user, project_id=body.projectId)
+    project = await service.set_active_agent(session, project=project, agent_id=body.active_agent)
+    return SetActiveAgentOut(
+        message="updated active agent successfully.", project=ProjectOut.of(project)
+    )
+
+
+@router.patch(
+    "/active-agent/{agent_id}", response_model=MessageOut, responses=error_responses(401, 404)
+)
+async def remove_active_agent(agent_id: str, user: CurrentUser, session: SessionDep) -> MessageOut:
+    """Stop using this agent as its project's active agent."""
+    await service.remove_active_agent(session, user=user, agent_id=agent_id)
+    return MessageOut(message="Removed active agent from project successfully.")
+
+
+@router.get("/{project_id}", response_model=ProjectDataOut, responses=error_responses(401, 404))
+async def get_project(project: PathProject) -> ProjectDataOut:
+    """One of your projects."""
+    return ProjectDataOut(message="successfully fetched project data.", data=ProjectOut.of(project))
+
+
+@router.put(
+    "/{project_id}", response_model=ProjectUpdateOut, responses=error_responses(401, 404, 409)
+)
+async def update_project(
+    body: UpdateProjectIn, project: PathProject, user: CurrentUser, ctx: CtxDep, session: SessionDep
+) -> ProjectUpdateOut:
+    """Change name, description or webhookUrl (alias webhookURL); at least one."""
+    secret = await service.update_project(
+        ctx,
+        session,
+        user=user,
+        project=project,
+        name=body.name,
+        description=body.description,
+        webhook_url=body.webhookUrl,
+    )
+    return ProjectUpdateOut(
+        message="successfully updated project info.",
+        data=ProjectOut.of(project),
+        webhookSecret=secret,
+    )
+
+
+@router.delete("/{project_id}", response_model=MessageOut, responses=error_responses(401, 404, 409))
+async def delete_project(
+    project: PathProject,
+    user: CurrentUser,
+    session: SessionDep,
+    body: Annotated[DeleteProjectIn | None, Body()] = None,
+) -> MessageOut:
+    """Soft-delete a project; with {"cascade": true} its agents and numbers go too."""
+    await service.delete_project(
+        session, user=user, project=project, cascade=bool(body and body.cascade)
+    )
+    return MessageOut(message="successfully deleted project.")
