@@ -17,7 +17,10 @@ _MIN_SECRET_LEN = 32
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # env_ignore_empty: `SECRET_KEY=` in a .env means "unset", not "an empty key".
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True
+    )
 
     database_url: str = "sqlite:///./talkstack.db"
     # Unset: generated once and kept in DATA_DIR, with a loud warning (fine for one machine,
@@ -25,11 +28,11 @@ class Settings(BaseSettings):
     secret_key: str | None = None
     data_dir: Path = Path("./data")
     public_base_url: str = "http://localhost:8000"
-    environment: str = "development"
 
     twilio_account_sid: str | None = None
     twilio_auth_token: str | None = None
     twilio_api_base_url: str = "https://api.twilio.com"
+    twilio_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
 
     llm_base_url: str = "https://api.openai.com/v1"
     llm_api_key: str | None = None
@@ -37,6 +40,7 @@ class Settings(BaseSettings):
 
     elevenlabs_api_key: str | None = None
     elevenlabs_api_base_url: str = "https://api.elevenlabs.io"
+    elevenlabs_cache_ttl_seconds: int = 300
 
     smtp_host: str | None = None
     smtp_port: int = 587

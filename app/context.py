@@ -10,6 +10,8 @@ from app.config import Settings
 from app.mail import Mailer
 from app.ratelimit import AuthRateLimiter
 from app.security import PasswordHasher, TokenSigner
+from app.telephony.twilio import TwilioAdapter
+from app.voice.catalogue import VoiceCatalogue
 
 
 @dataclass
@@ -21,3 +23,5 @@ class AppContext:
     signer: TokenSigner
     mailer: Mailer
     limiter: AuthRateLimiter
+    telephony: TwilioAdapter | None
+    voices: VoiceCatalogue

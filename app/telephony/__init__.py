@@ -1,0 +1,1 @@
+"""Telephony: the Twilio adapter (the only importer of `twilio`), its errors and its dependency."""
