@@ -1,0 +1,1 @@
+"""Voices: the ElevenLabs voice catalogue agents speak with."""

@@ -1,0 +1,17 @@
+"""The voice catalogue dependency: the one the lifespan built."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.voice.catalogue import VoiceCatalogue
+
+
+def get_voices(request: Request) -> VoiceCatalogue:
+    voices: VoiceCatalogue = request.app.state.ctx.voices
+    return voices
+
+
+VoicesDep = Annotated[VoiceCatalogue, Depends(get_voices)]
