@@ -8,7 +8,7 @@ from typing import Annotated
 import jwt
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import AppContext
@@ -18,7 +18,9 @@ from app.models import User
 from app.security import sha256_hex
 
 
-def get_ctx(request: Request) -> AppContext:
+# The dependencies here are `async def` even when they do not await: FastAPI runs a plain
+# `def` dependency in its thread pool, a thread round trip on every request.
+async def get_ctx(request: Request) -> AppContext:
     ctx: AppContext = request.app.state.ctx
     return ctx
 
@@ -38,7 +40,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
-def client_address(request: Request) -> str:
+async def client_address(request: Request) -> str:
     # Behind a proxy, uvicorn's --proxy-headers/--forwarded-allow-ips sets this from
     # X-Forwarded-For for trusted proxies only.
     return request.client.host if request.client else "unknown"
@@ -71,22 +73,42 @@ async def _user_from_bearer(ctx: AppContext, session: AsyncSession, token: str) 
     return user
 
 
+# Built once: every API-key request runs it, and building the expression costs more than the
+# indexed lookup itself.
+_USER_BY_KEY_HASH = select(User).where(User.api_key_hash == bindparam("key_hash"))
+
+
 async def _user_from_api_key(session: AsyncSession, key: str) -> User:
-    user = (
-        await session.execute(select(User).where(User.api_key_hash == sha256_hex(key)))
-    ).scalar_one_or_none()
+    found = await session.execute(_USER_BY_KEY_HASH, {"key_hash": sha256_hex(key)})
+    user = found.scalar_one_or_none()
     if user is None:
         raise Unauthorized(_BAD_CREDENTIALS, code="INVALID_API_KEY")
     return user
 
 
+def _refuse_unusable_headers(
+    request: Request, bearer: HTTPAuthorizationCredentials | None, api_key: str | None
+) -> None:
+    # HTTPBearer/APIKeyHeader read "Authorization: Basic …", "Authorization: xyz" or an empty
+    # x-api-key as no credential at all; a credential presented is a credential that must be
+    # valid, so a good key next to a garbled Authorization header is still a 401.
+    if bearer is None and "authorization" in request.headers:
+        raise Unauthorized(
+            "The Authorization header must be 'Bearer <access token>'.", code="INVALID_TOKEN"
+        )
+    if not api_key and "x-api-key" in request.headers:
+        raise Unauthorized(_BAD_CREDENTIALS, code="INVALID_API_KEY")
+
+
 async def current_user(
+    request: Request,
     ctx: CtxDep,
     session: SessionDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     api_key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> User:
     """Bearer token or x-api-key. Every credential presented must be valid (CONTRACT.md §2)."""
+    _refuse_unusable_headers(request, bearer, api_key)
     if bearer is None and not api_key:
         raise Unauthorized(
             "Missing credentials: send 'Authorization: Bearer <token>' or 'x-api-key'."
@@ -104,12 +126,14 @@ async def current_user(
 
 
 async def bearer_user(
+    request: Request,
     ctx: CtxDep,
     session: SessionDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     api_key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> User:
     """Bearer token only: an API key cannot mint API keys."""
+    _refuse_unusable_headers(request, bearer, api_key)
     if bearer is None:
         raise Unauthorized("This endpoint takes a Bearer access token; an API key is not enough.")
     user = await _user_from_bearer(ctx, session, bearer.credentials)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 log = logging.getLogger("talkstack.errors")
 
@@ -133,19 +135,52 @@ _HTTP_CODES = {
 }
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+_HTTP_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """Every method the path is served with. Starlette's 405 names only the methods of the
+    first route whose path matched, but one path can have several routes (GET, PUT and DELETE
+    /project/{projectId}). Read from the OpenAPI paths, compiled once per app."""
+    app = request.app
+    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "allow_table", None)
+    if table is None:
+        table = []
+        for path, item in app.openapi().get("paths", {}).items():
+            methods = {m.upper() for m in item if m in _HTTP_METHODS}
+            if "GET" in methods:
+                methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
+            table.append((compile_path(path)[0], methods))
+        app.state.allow_table = table
+    path, root = request.scope["path"], request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    matches = [(template, methods) for template, methods in table if template.match(path)]
+    # /project/create-project is its own resource, not a value of /project/{projectId}.
+    literal = [m for m in matches if not m[0].groups]
+    allowed: set[str] = set()
+    for _, methods in literal or matches:
+        allowed |= methods
+    return ", ".join(sorted(allowed)) if allowed else None
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "HTTP_ERROR")
+    headers = dict(exc.headers or {})
     if exc.status_code == 404:
         message = "Not found."
     elif exc.status_code == 405:
         message = "Method not allowed."
+        allowed = _allowed_methods(request)
+        if allowed:
+            headers["Allow"] = allowed
     else:
         message = str(exc.detail)
     return JSONResponse(
         error_body(exc.status_code, code, message),
         status_code=exc.status_code,
-        headers=getattr(exc, "headers", None),
+        headers=headers or None,
     )
 
 

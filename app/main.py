@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 
 from app.agent.router import router as agent_router
+from app.auth.router import pages as auth_pages
 from app.auth.router import protected as auth_protected
 from app.auth.router import public as auth_public
 from app.config import Settings, get_settings
@@ -23,6 +24,7 @@ from app.db import make_engine, make_sessionmaker
 from app.deps import current_user
 from app.errors import NotConfigured, install_error_handlers
 from app.mail import build_mailer
+from app.openapi import correct_openapi
 from app.phone_number.router import router as phone_number_router
 from app.project.router import router as project_router
 from app.ratelimit import AuthRateLimiter
@@ -30,6 +32,8 @@ from app.schemas import ErrorBody, MessageOut
 from app.security import PasswordHasher, TokenSigner
 from app.telephony.twilio import build_telephony
 from app.user.router import router as user_router
+from app.voice.catalogue import build_voice_catalogue
+from app.voice.router import router as voice_router
 
 log = logging.getLogger("talkstack")
 
@@ -59,6 +63,7 @@ def build_context(settings: Settings) -> AppContext:
         mailer=build_mailer(settings),
         limiter=AuthRateLimiter(settings),
         telephony=build_telephony(settings),
+        voices=build_voice_catalogue(settings),
     )
 
 
@@ -110,6 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if ctx.telephony:
                 await ctx.telephony.aclose()
+            await ctx.voices.aclose()
+            await ctx.limiter.aclose()
             await ctx.engine.dispose()
 
     app = FastAPI(
@@ -149,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return MessageOut(message="ready")
 
     app.include_router(auth_public)
+    app.include_router(auth_pages)
     # Everything else is protected by default: a router added here needs a credential.
     protected = APIRouter(dependencies=[Depends(current_user)])
     protected.include_router(auth_protected)
@@ -156,5 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     protected.include_router(project_router)
     protected.include_router(agent_router)
     protected.include_router(phone_number_router)
+    protected.include_router(voice_router)
     app.include_router(protected)
+    correct_openapi(app)
     return app

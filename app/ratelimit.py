@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 
+import coredis
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -18,8 +19,15 @@ class AuthRateLimiter:
     def __init__(self, settings: Settings) -> None:
         self.enabled = settings.rate_limit_enabled
         self._storage: Storage
+        self._redis_pool: coredis.ConnectionPool | None = None
         if settings.redis_url:
-            storage = storage_from_string("async+" + settings.redis_url)
+            # Our own pool, so that shutdown can close it: limits' storage has no close.
+            self._redis_pool = coredis.ConnectionPool.from_url(settings.redis_url)
+            storage = storage_from_string(
+                "async+" + settings.redis_url,
+                # A documented option of limits' RedisStorage that its type hints leave out.
+                connection_pool=self._redis_pool,  # type: ignore[arg-type]
+            )
             assert isinstance(storage, Storage)
             self._storage = storage
         else:
@@ -27,6 +35,10 @@ class AuthRateLimiter:
         self._limiter = MovingWindowRateLimiter(self._storage)
         self._per_ip: RateLimitItem = parse(settings.rate_limit_per_ip)
         self._per_email: RateLimitItem = parse(settings.rate_limit_per_email)
+
+    async def aclose(self) -> None:
+        if self._redis_pool is not None:
+            self._redis_pool.disconnect()
 
     async def check(self, flow: str, *, client: str, email: str | None = None) -> None:
         """Count one attempt at `flow`; raise 429 with Retry-After when a limit is spent."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy import func, select, update
 
-from app.models import Project
+from app.models import PasswordResetToken, Project, RefreshToken, User
 from tests.mailbox import Mailbox
 
 PASSWORD = "correct horse battery"
@@ -66,3 +69,136 @@ async def make_project(app: Any, user_id: str, name: str = "Project", **fields: 
         session.add(project)
         await session.commit()
         return str(project.id)
+
+
+# --- shared by the auth and user tests -------------------------------------------------------
+
+USER_KEYS = {
+    "id",
+    "name",
+    "email",
+    "verified",
+    "active_project",
+    "company_name",
+    "created_at",
+    "updated_at",
+}
+PROJECT_KEYS = {
+    "id",
+    "name",
+    "description",
+    "user_id",
+    "status",
+    "is_deleted",
+    "call_status_webhook",
+    "active_agent",
+    "created_at",
+    "updated_at",
+}
+_ISO_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+
+def parse_iso_ms(value: str) -> datetime:
+    """A CONTRACT.md §3 timestamp (`2025-03-10T05:20:39.831Z`), as an aware datetime."""
+    assert _ISO_MS.match(value), value
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def assert_error(r: httpx.Response, status: int, code: str, **extra: Any) -> dict[str, Any]:
+    """The whole error body of CONTRACT.md §3: message, status, code and nothing unexpected."""
+    assert r.status_code == status, r.text
+    body: dict[str, Any] = r.json()
+    assert isinstance(body.get("message"), str) and body["message"], body
+    assert body == {"message": body["message"], "status": "error", "code": code, **extra}
+    return body
+
+
+def assert_validation_error(r: httpx.Response, *fields: str) -> dict[str, Any]:
+    """400 VALIDATION_ERROR whose errors[] name (at least) the given fields."""
+    assert r.status_code == 400, r.text
+    body: dict[str, Any] = r.json()
+    assert set(body) == {"message", "status", "code", "errors"}, body
+    assert body["status"] == "error" and body["code"] == "VALIDATION_ERROR", body
+    assert body["errors"], body
+    for err in body["errors"]:
+        assert set(err) == {"field", "message"} and err["message"], err
+    named = {e["field"] for e in body["errors"]}
+    for field in fields:
+        assert field in named, (field, body)
+    return body
+
+
+def new_email() -> str:
+    return f"user-{uuid.uuid4().hex[:8]}@example.com"
+
+
+async def unverified_account(
+    client: httpx.AsyncClient, mailbox: Mailbox, email: str | None = None
+) -> tuple[str, str]:
+    """Sign up without verifying; returns (email, emailed code)."""
+    email = email or new_email()
+    r = await signup(client, email)
+    assert r.status_code == 200, r.text
+    return email, mailbox.last_code(email)
+
+
+async def fetch_user(app: Any, email: str) -> User | None:
+    async with app.state.ctx.sessionmaker() as session:
+        user: User | None = (
+            await session.execute(select(User).where(User.email == email))
+        ).scalar_one_or_none()
+        return user
+
+
+async def get_user(app: Any, email: str) -> User:
+    user = await fetch_user(app, email)
+    assert user is not None, email
+    return user
+
+
+async def count_rows(app: Any, model: type[Any]) -> int:
+    async with app.state.ctx.sessionmaker() as session:
+        n: int = (await session.execute(select(func.count()).select_from(model))).scalar_one()
+        return n
+
+
+async def refresh_rows(app: Any, user_id: str) -> list[RefreshToken]:
+    async with app.state.ctx.sessionmaker() as session:
+        rows = await session.execute(
+            select(RefreshToken)
+            .where(RefreshToken.user_id == uuid.UUID(user_id))
+            .order_by(RefreshToken.created_at)
+        )
+        return list(rows.scalars())
+
+
+async def reset_rows(app: Any, user_id: str) -> list[PasswordResetToken]:
+    async with app.state.ctx.sessionmaker() as session:
+        rows = await session.execute(
+            select(PasswordResetToken)
+            .where(PasswordResetToken.user_id == uuid.UUID(user_id))
+            .order_by(PasswordResetToken.created_at)
+        )
+        return list(rows.scalars())
+
+
+async def db_update(app: Any, model: Any, where: Any, **values: Any) -> None:
+    """Change rows behind the API's back (expire a code, delete a project...)."""
+    async with app.state.ctx.sessionmaker() as session:
+        await session.execute(update(model).where(where).values(**values))
+        await session.commit()
+
+
+def past(seconds: int = 60) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+async def login(client: httpx.AsyncClient, email: str, password: str = PASSWORD) -> httpx.Response:
+    return await client.post("/auth/login", json={"email": email, "password": password})
+
+
+async def is_authenticated(client: httpx.AsyncClient, headers: dict[str, str]) -> bool:
+    """Whether a protected endpoint lets these headers in (401 or not)."""
+    r = await client.get("/user/get-active-project", headers=headers)
+    assert r.status_code in (200, 401, 404), r.text
+    return r.status_code != 401

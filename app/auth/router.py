@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from fastapi import APIRouter, BackgroundTasks
+from fastapi.responses import HTMLResponse
 
 from app.auth import service
 from app.auth.schemas import (
@@ -31,6 +33,7 @@ log = logging.getLogger("talkstack.auth")
 
 public = APIRouter(prefix="/auth", tags=["auth"])
 protected = APIRouter(prefix="/auth", tags=["auth"])
+pages = APIRouter()
 
 _FORGOT_MESSAGE = "If the email is registered, a reset link has been sent."
 
@@ -143,6 +146,26 @@ async def forgot_password(
     if mail is not None:
         tasks.add_task(_deliver, ctx, mail)
     return MessageOut(message=_FORGOT_MESSAGE)
+
+
+_RESET_PAGE = (Path(__file__).parent / "static" / "reset-password.html").read_text()
+_PAGE_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+@pages.get("/reset-password", include_in_schema=False)
+async def reset_password_page() -> HTMLResponse:
+    """The page the reset email links to: a form that calls POST /auth/reset-password."""
+    return HTMLResponse(
+        _RESET_PAGE,
+        headers={
+            "Content-Security-Policy": _PAGE_CSP,
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 @public.post("/reset-password", response_model=MessageOut, responses=error_responses(429))

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.context import AppContext
 from app.db import utcnow
@@ -149,17 +150,36 @@ async def verify_email(
             code="ALREADY_VERIFIED",
             verificationStatus=VERIFY_ACCOUNT_EXISTS,
         )
+    used_up = BadRequest(
+        "The verification code has expired or was used up; request a new one with "
+        "/auth/resend-code.",
+        code="CODE_EXPIRED",
+        verificationStatus=VERIFY_INVALID_CODE,
+    )
     expires = user.verification_code_expires_at
     if user.verification_code_hash is None or expires is None or expires <= utcnow():
-        raise BadRequest(
-            "The verification code has expired or was used up; request a new one with "
-            "/auth/resend-code.",
-            code="CODE_EXPIRED",
-            verificationStatus=VERIFY_INVALID_CODE,
+        raise used_up
+    # Count the try before checking it, in one statement: guesses sent all at once would
+    # otherwise all be checked against the code before any of them was counted.
+    max_tries = ctx.settings.verification_max_attempts
+    tries = (
+        await session.execute(
+            update(User)
+            .where(
+                User.id == user.id,
+                User.verification_code_hash == user.verification_code_hash,
+                User.verification_failed_attempts < max_tries,
+            )
+            .values(verification_failed_attempts=User.verification_failed_attempts + 1)
+            .returning(User.verification_failed_attempts)
+            .execution_options(synchronize_session=False)
         )
+    ).scalar_one_or_none()
+    if tries is None:  # the tries ran out, or a new code replaced this one, meanwhile
+        raise used_up
+    set_committed_value(user, "verification_failed_attempts", tries)
     if not digests_equal(user.verification_code_hash, ctx.signer.code_hash(user.email, code)):
-        user.verification_failed_attempts += 1
-        left = ctx.settings.verification_max_attempts - user.verification_failed_attempts
+        left = max_tries - tries
         if left <= 0:
             user.verification_code_hash = None
             user.verification_code_expires_at = None
