@@ -136,4 +136,4 @@ async def list_agents(session: AsyncSession, *, project: Project) -> list[tuple[
         .where(Agent.project_id == project.id, Agent.is_deleted.is_(False))
         .order_by(Agent.created_at, Agent.id)
     )
-    return [(agent, e164) for agent, e164 in rows.tuples()]
+    return [(row[0], row[1]) for row in rows]

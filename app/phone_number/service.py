@@ -10,10 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import AppContext
 from app.db import utcnow
-from app.errors import BadRequest, Conflict, NotConfigured, NotFound
+from app.errors import BadRequest, Conflict, NotFound
 from app.models import Agent, PhoneNumber, Project, User
 from app.phone import to_e164
 from app.project.service import get_owned_project, parse_id
+from app.telephony.errors import TelephonyNotConfigured
 
 # Where Twilio sends calls to an assigned number (served by the telephony routes).
 INBOUND_VOICE_PATH = "/twilio/voice/inbound"
@@ -45,16 +46,18 @@ async def assign_number(
         return existing
     telephony = ctx.telephony
     if telephony is None:
-        raise NotConfigured(
-            "Telephony is not configured: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.",
-            code="TWILIO_NOT_CONFIGURED",
-        )
+        raise TelephonyNotConfigured()
     owned = await telephony.find_owned_number(e164)
     if owned is None:
         raise BadRequest(
             f"{e164} is neither a phone number of the configured Twilio account nor one of its "
             "verified caller ids.",
             code="NUMBER_NOT_IN_ACCOUNT",
+        )
+    if not owned.voice_capable:
+        raise BadRequest(
+            f"{e164} is on the Twilio account but cannot make or take voice calls.",
+            code="NUMBER_NOT_VOICE_CAPABLE",
         )
     number = PhoneNumber(
         e164=e164,
