@@ -35,6 +35,12 @@ class MessageOut(BaseModel):
     message: str
     status: Literal["success"] = "success"
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"message": "successfully updated password.", "status": "success"}
+        }
+    )
+
 
 _DESCRIPTIONS = {
     400: "Invalid input (missing, malformed or out-of-range fields, or malformed JSON)",

@@ -29,9 +29,7 @@ async def snapshot(app) -> list[dict[str, Any]]:
     async with app.state.ctx.sessionmaker() as s:
         for model in (User, Project, Agent, PhoneNumber):
             for row in (await s.execute(select(model))).scalars():
-                out.append(
-                    {c.key: getattr(row, c.key) for c in model.__table__.columns}
-                )
+                out.append({c.key: getattr(row, c.key) for c in model.__table__.columns})
     return sorted(out, key=lambda r: str(r["id"]))
 
 

@@ -219,3 +219,16 @@ class SetActiveAgentOut(BaseModel):
     message: str
     status: Literal["success"] = "success"
     project: ProjectOut
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "message": "updated active agent successfully.",
+                "status": "success",
+                "project": {
+                    **PROJECT_EXAMPLE,
+                    "active_agent": "232ac42a-2ea0-4276-a5d8-43c8c9f7b857",
+                },
+            }
+        }
+    )

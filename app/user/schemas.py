@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from app.models import User
-from app.project.schemas import ProjectOut
+from app.project.schemas import PROJECT_EXAMPLE, ProjectOut
 from app.schemas import Strict
 from app.timefmt import iso_ms
 
@@ -79,8 +79,29 @@ class SetActiveProjectOut(BaseModel):
     userData: UserOut
     projectData: ProjectOut
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "message": f"successfully set project with id {PROJECT_EXAMPLE['id']} active.",
+                "status": "success",
+                "userData": {**USER_EXAMPLE, "active_project": PROJECT_EXAMPLE["id"]},
+                "projectData": PROJECT_EXAMPLE,
+            }
+        }
+    )
+
 
 class ActiveProjectOut(BaseModel):
     message: str
     status: Literal["success"] = "success"
     projectData: ProjectOut
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "message": "fetched active project data.",
+                "status": "success",
+                "projectData": PROJECT_EXAMPLE,
+            }
+        }
+    )
