@@ -1,10 +1,23 @@
 """Every ORM model, one module per table; importing this package registers them all."""
 
 from app.models.agent import Agent
+from app.models.call import Call
+from app.models.idempotency_key import IdempotencyKey
+from app.models.job import Job
 from app.models.password_reset_token import PasswordResetToken
 from app.models.phone_number import PhoneNumber
 from app.models.project import Project
 from app.models.refresh_token import RefreshToken
 from app.models.user import User
 
-__all__ = ["Agent", "PasswordResetToken", "PhoneNumber", "Project", "RefreshToken", "User"]
+__all__ = [
+    "Agent",
+    "Call",
+    "IdempotencyKey",
+    "Job",
+    "PasswordResetToken",
+    "PhoneNumber",
+    "Project",
+    "RefreshToken",
+    "User",
+]
