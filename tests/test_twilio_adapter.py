@@ -419,7 +419,7 @@ async def test_require_telephony_answers_503_naming_the_variables(twilio_standin
             "code": "TWILIO_NOT_CONFIGURED",
         }
         with pytest.raises(NotConfigured):
-            require_telephony(SimpleNamespace(app=app))  # type: ignore[arg-type]
+            await require_telephony(SimpleNamespace(app=app))  # type: ignore[arg-type]
 
         configured = build_telephony(twilio_settings(twilio_standin))
         app.state.ctx = SimpleNamespace(telephony=configured)

@@ -46,7 +46,7 @@ class AnalysisQuestion(BaseModel):
     options: (
         list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]]
         | None
-    ) = Field(default=None, max_length=50)
+    ) = Field(default=None, max_length=50, exclude_if=lambda v: v is None)
 
     @model_validator(mode="after")
     def _options_fit_type(self) -> AnalysisQuestion:

@@ -10,7 +10,7 @@ from app.telephony.errors import TelephonyNotConfigured
 from app.telephony.twilio import TwilioAdapter
 
 
-def require_telephony(request: Request) -> TwilioAdapter:
+async def require_telephony(request: Request) -> TwilioAdapter:
     telephony: TwilioAdapter | None = request.app.state.ctx.telephony
     if telephony is None:
         raise TelephonyNotConfigured()

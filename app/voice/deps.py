@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from app.voice.catalogue import VoiceCatalogue
 
 
-def get_voices(request: Request) -> VoiceCatalogue:
+async def get_voices(request: Request) -> VoiceCatalogue:
     voices: VoiceCatalogue = request.app.state.ctx.voices
     return voices
 
