@@ -53,8 +53,20 @@ class Settings(BaseSettings):
     hubspot_api_base_url: str = "https://api.hubapi.com"
     redis_url: str | None = None
     webhook_allow_private_hosts: bool = False
+    webhook_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
+    # Retries wait 1, 4, 10 and 45 times this (five tries over about an hour).
+    webhook_retry_base_seconds: Annotated[float, Field(ge=0)] = 60.0
     batch_calls_per_second: Annotated[float, Field(gt=0)] = 1.0
     batch_max_concurrent_calls: Annotated[int, Field(ge=1)] = 10
+
+    # Background jobs (app/jobs): run inside each API process, unless a separate
+    # `talkstack-worker` process does it.
+    run_jobs_in_process: bool = True
+    job_concurrency: Annotated[int, Field(ge=1)] = 8
+    job_poll_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
+    job_lease_seconds: Annotated[float, Field(gt=0)] = 60.0
+    job_retry_base_seconds: Annotated[float, Field(ge=0)] = 10.0
+    job_shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
 
     # Token lifetimes (CONTRACT.md §2).
     access_token_ttl_seconds: int = 2 * 3600

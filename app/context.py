@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.jobs.worker import JobWorker
 from app.mail import Mailer
 from app.ratelimit import AuthRateLimiter
 from app.security import PasswordHasher, TokenSigner
@@ -25,3 +26,6 @@ class AppContext:
     limiter: AuthRateLimiter
     telephony: TwilioAdapter | None
     voices: VoiceCatalogue
+    # The in-process job worker (None when RUN_JOBS_IN_PROCESS=false: a separate
+    # `talkstack-worker` runs the jobs).
+    worker: JobWorker | None = None

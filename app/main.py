@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import fastapi_offline
@@ -18,11 +18,14 @@ from app.agent.router import router as agent_router
 from app.auth.router import pages as auth_pages
 from app.auth.router import protected as auth_protected
 from app.auth.router import public as auth_public
+from app.call.router import router as call_router
+from app.call.twilio_router import router as call_twilio_router
 from app.config import Settings, get_settings
 from app.context import AppContext
 from app.db import make_engine, make_sessionmaker
 from app.deps import current_user
 from app.errors import NotConfigured, install_error_handlers
+from app.jobs.registry import running_worker
 from app.mail import build_mailer
 from app.openapi import correct_openapi
 from app.phone_number.router import router as phone_number_router
@@ -67,6 +70,20 @@ def build_context(settings: Settings) -> AppContext:
     )
 
 
+@asynccontextmanager
+async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
+    """The context, closed on exit; shared by the API's lifespan and `talkstack-worker`."""
+    ctx = build_context(settings)
+    try:
+        yield ctx
+    finally:
+        if ctx.telephony:
+            await ctx.telephony.aclose()
+        await ctx.voices.aclose()
+        await ctx.limiter.aclose()
+        await ctx.engine.dispose()
+
+
 def _docs_routes(app: FastAPI) -> None:
     # Swagger UI and ReDoc from files this server serves: the docs work with no internet.
     app.mount("/docs-assets", StaticFiles(directory=_DOCS_ASSETS), name="docs-assets")
@@ -103,21 +120,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ctx = build_context(settings)
-        app.state.ctx = ctx
-        if not settings.twilio_configured:
-            log.warning(
-                "TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN are not set: "
-                "telephony endpoints answer 503."
-            )
-        try:
+        async with open_context(settings) as ctx, AsyncExitStack() as jobs:
+            app.state.ctx = ctx
+            if not settings.twilio_configured:
+                log.warning(
+                    "TWILIO_ACCOUNT_SID / TWILIO_AUTH_TOKEN are not set: "
+                    "telephony endpoints answer 503."
+                )
+            if settings.run_jobs_in_process:
+                # Stopped (running jobs finished or handed back) before the engine is disposed.
+                ctx.worker = await jobs.enter_async_context(running_worker(ctx))
             yield
-        finally:
-            if ctx.telephony:
-                await ctx.telephony.aclose()
-            await ctx.voices.aclose()
-            await ctx.limiter.aclose()
-            await ctx.engine.dispose()
 
     app = FastAPI(
         title="Talkstack API",
@@ -157,6 +170,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(auth_public)
     app.include_router(auth_pages)
+    # Twilio's callbacks: no user credential, each request proves itself with its signature.
+    app.include_router(call_twilio_router)
     # Everything else is protected by default: a router added here needs a credential.
     protected = APIRouter(dependencies=[Depends(current_user)])
     protected.include_router(auth_protected)
@@ -164,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     protected.include_router(project_router)
     protected.include_router(agent_router)
     protected.include_router(phone_number_router)
+    protected.include_router(call_router)
     protected.include_router(voice_router)
     app.include_router(protected)
     correct_openapi(app)

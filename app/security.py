@@ -84,7 +84,11 @@ class TokenSigner:
         self._ttl = timedelta(seconds=ttl_seconds)
         self._jwt = jwt.PyJWT(options={"enforce_minimum_key_length": True})
         # Keys derived from the same secret for other uses stay apart from the JWT key.
-        self.code_pepper = hmac.new(secret.encode(), b"verification-code", "sha256").digest()
+        self.code_pepper = self.derive_key(b"verification-code")
+
+    def derive_key(self, label: bytes) -> bytes:
+        """A key for one purpose (page tokens, codes...), derived from SECRET_KEY."""
+        return hmac.new(self._secret.encode(), label, "sha256").digest()
 
     def issue_access(self, user_id: uuid.UUID, token_version: int) -> tuple[str, datetime]:
         now = datetime.now(UTC)

@@ -7,13 +7,12 @@ returns into our own types and errors.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -25,7 +24,25 @@ from twilio.rest import Client
 
 from app.config import Settings
 from app.errors import AppError
-from app.telephony.errors import TwilioRejected, TwilioUnavailable
+from app.telephony.errors import TwilioUnavailable, error_parts, twilio_error
+from app.telephony.types import (
+    STATUS_CALLBACK_EVENTS,
+    CallFacts,
+    OwnedNumber,
+    PlacedCall,
+    positive_price,
+    whole_seconds,
+)
+
+__all__ = [
+    "CallFacts",
+    "HttpxTwilioClient",
+    "OwnedNumber",
+    "PlacedCall",
+    "TwilioAdapter",
+    "build_telephony",
+    "valid_twilio_signature",
+]
 
 log = logging.getLogger("talkstack.twilio")
 
@@ -33,17 +50,6 @@ TWILIO_API_BASE_URL = "https://api.twilio.com"
 # api.twilio.com, and the edge/region forms the SDK builds from TWILIO_EDGE / TWILIO_REGION.
 _API_HOST = re.compile(r"api(\.[a-z0-9-]+){0,2}\.twilio\.com")
 _SDK_PREFIX = re.compile(r"^Unable to [a-z]+ (record|page): ", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class OwnedNumber:
-    """A number the Twilio account may call from: one of its own, or a verified caller id."""
-
-    e164: str
-    kind: Literal["incoming", "caller_id"]
-    sid: str
-    # Purchased numbers say whether they can carry voice; verified caller ids always can.
-    voice_capable: bool = True
 
 
 class HttpxTwilioClient(AsyncHttpClient):  # type: ignore[misc]
@@ -147,49 +153,6 @@ def _pairs(values: Mapping[str, object]) -> list[tuple[str, str]]:
     return out
 
 
-def _error_parts(body: str, fallback: str) -> tuple[int | None, str]:
-    """Twilio's error code and message from an error body (legacy or RFC-9457 form)."""
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        return None, fallback
-    if not isinstance(payload, dict):
-        return None, fallback
-    code = payload.get("code")
-    message = payload.get("message") or payload.get("detail") or payload.get("title")
-    return (code if isinstance(code, int) else None), str(message or fallback)
-
-
-def _translate(status: int, code: int | None, message: str) -> AppError:
-    ref = f"Twilio error {code}" if code else f"HTTP {status}"
-    extra: dict[str, Any] = {"twilioCode": code} if code else {}
-    if status == 401:
-        return TwilioUnavailable(
-            f"Twilio rejected the credentials (401 {message}, {ref}): check "
-            "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.",
-            **extra,
-        )
-    if status == 403:
-        return TwilioUnavailable(
-            f"Twilio refused the request (403 {message}, {ref}): check that the account "
-            "behind TWILIO_ACCOUNT_SID may do this.",
-            **extra,
-        )
-    if status == 404:
-        return TwilioUnavailable(
-            f"Twilio could not find the resource (404 {message}, {ref}).", **extra
-        )
-    if status == 429:
-        return TwilioUnavailable(
-            f"Twilio is rate limiting this account (429 {message}); try again later.", **extra
-        )
-    if 400 <= status < 500:
-        return TwilioRejected(f"Twilio rejected the request: {message} ({ref}).", **extra)
-    return TwilioUnavailable(
-        f"Twilio failed to answer ({status} {message}, {ref}); try again later.", **extra
-    )
-
-
 @contextmanager
 def _twilio_errors(timeout: float) -> Iterator[None]:
     """Every way the SDK or the network can fail, as one of our errors."""
@@ -199,17 +162,17 @@ def _twilio_errors(timeout: float) -> Iterator[None]:
         raise
     except TwilioRestException as exc:
         message = _SDK_PREFIX.sub("", str(exc.msg or "")) or "no message"
-        raise _translate(int(exc.status), exc.code, message) from exc
+        raise twilio_error(int(exc.status), exc.code, message) from exc
     except TwilioServiceException as exc:
         message = str(exc.detail or exc.title or "no message")
-        raise _translate(int(exc.status), exc.code, message) from exc
+        raise twilio_error(int(exc.status), exc.code, message) from exc
     except TwilioException as exc:
         # A list page that is not 200 arrives as TwilioException("Unable to fetch page", response).
         response = exc.args[1] if len(exc.args) > 1 else None
         if isinstance(response, Response):
             status = int(response.status_code)
-            code, message = _error_parts(response.text, "no message")
-            raise _translate(status, code, message) from exc
+            code, message = error_parts(response.text, "no message")
+            raise twilio_error(status, code, message) from exc
         detail = exc.args[0] if exc.args else type(exc).__name__
         raise TwilioUnavailable(f"Twilio answered in an unexpected way: {detail}.") from exc
     except httpx.TimeoutException as exc:
@@ -294,6 +257,91 @@ class TwilioAdapter:
                 voice_url=url, voice_method="POST"
             )
 
+    async def create_call(
+        self,
+        *,
+        to: str,
+        from_: str,
+        twiml_url: str,
+        status_callback: str,
+        recording_status_callback: str,
+        amd_callback: str,
+        time_limit_seconds: int,
+    ) -> PlacedCall:
+        """Dial `to` from `from_`; Twilio fetches TwiML from `twiml_url` when it connects.
+
+        Every progress event, the finished recording and the async AMD verdict come back to
+        the given callback URLs (POST, signed).
+        """
+        with self._errors():
+            call = await self._client.calls.create_async(
+                to=to,
+                from_=from_,
+                url=twiml_url,
+                method="POST",
+                status_callback=status_callback,
+                status_callback_method="POST",
+                status_callback_event=list(STATUS_CALLBACK_EVENTS),
+                record=True,
+                recording_status_callback=recording_status_callback,
+                recording_status_callback_method="POST",
+                recording_status_callback_event=["completed"],
+                # Async: the callee hears the agent at once instead of AMD's silence.
+                machine_detection="Enable",
+                async_amd="true",
+                async_amd_status_callback=amd_callback,
+                async_amd_status_callback_method="POST",
+                time_limit=time_limit_seconds,
+            )
+        return PlacedCall(sid=str(call.sid), status=str(call.status or "queued"))
+
+    async def fetch_call(self, sid: str) -> CallFacts:
+        with self._errors():
+            return _call_facts(await self._client.calls(sid).fetch_async())
+
+    async def list_calls(
+        self,
+        *,
+        to: str | None = None,
+        from_: str | None = None,
+        started_after: datetime | None = None,
+        limit: int = 50,
+    ) -> list[CallFacts]:
+        """The account's calls, newest first, that started at or after `started_after`."""
+        filters: dict[str, Any] = {}
+        if to is not None:
+            filters["to"] = to
+        if from_ is not None:
+            filters["from_"] = from_
+        if started_after is not None:
+            # The SDK formats the datetime as-is with a "Z", so it must be UTC (naive: taken
+            # as UTC).
+            if started_after.tzinfo is None:
+                started_after = started_after.replace(tzinfo=UTC)
+            started_after = started_after.astimezone(UTC)
+            filters["start_time_after"] = started_after
+        found: list[CallFacts] = []
+        if limit <= 0:
+            return found
+        with self._errors():
+            records = await self._client.calls.stream_async(page_size=min(limit, 1000), **filters)
+            async for rec in records:
+                facts = _call_facts(rec)
+                # Twilio documents StartTime> as a date: the time of day is checked here.
+                if started_after is not None and (
+                    facts.start_time is None or facts.start_time < started_after
+                ):
+                    continue
+                found.append(facts)
+                if len(found) >= limit:
+                    break
+        return found
+
+    async def end_call(self, sid: str) -> None:
+        """Hang up: an answered call completes, a queued or ringing one is canceled."""
+        with self._errors():
+            await self._client.calls(sid).update_async(status="completed")
+
     def valid_signature(
         self, url: str, params: Mapping[str, Any] | str, signature: str | None
     ) -> bool:
@@ -301,6 +349,22 @@ class TwilioAdapter:
 
     async def aclose(self) -> None:
         await self._http.close()
+
+
+def _call_facts(rec: Any) -> CallFacts:
+    """The SDK's CallInstance in our terms (its From is `_from`: `from` is a keyword)."""
+    return CallFacts(
+        sid=str(rec.sid),
+        status=str(rec.status or ""),
+        duration_seconds=whole_seconds(rec.duration),
+        price=positive_price(rec.price),
+        price_unit=rec.price_unit or None,
+        answered_by=rec.answered_by or None,
+        start_time=rec.start_time if isinstance(rec.start_time, datetime) else None,
+        end_time=rec.end_time if isinstance(rec.end_time, datetime) else None,
+        to=str(rec.to or ""),
+        from_=str(rec._from or ""),
+    )
 
 
 def build_telephony(settings: Settings) -> TwilioAdapter | None:

@@ -12,8 +12,9 @@ Use the `twilio_standin` fixture (one server per session, state reset for each t
         ...
         assert twilio_standin.last_request.param("VoiceUrl") == "https://..."
 
-Resources live in `routes()`; a new one (e.g. Calls) is a handler plus one line there, with
-its records in `_State`.
+Resources live in `routes()`; a new one is a handler plus one line there, with its records in
+`_State`. Calls live in twilio_calls.py; the signed requests Twilio makes to the app (TwiML,
+status, recording and AMD callbacks) in twilio_callbacks.py.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,12 +36,13 @@ from starlette.routing import Route
 
 from tests.standins import twilio_wire as wire
 from tests.standins.server import LocalServer
-from tests.standins.twilio_wire import API_VERSION, Record, RecordedRequest, rfc2822
+from tests.standins.twilio_callbacks import CallCallbacks, TwilioCallback
+from tests.standins.twilio_wire import API_VERSION, Handler, Record, RecordedRequest, rfc2822
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "standin-auth-token-" + "f" * 13
 
-Handler = Callable[[Request, dict[str, str]], Awaitable[JSONResponse]]
+__all__ = ["ACCOUNT_SID", "AUTH_TOKEN", "TwilioCallback", "TwilioStandin"]
 
 
 @dataclass
@@ -77,14 +79,17 @@ class _State:
     caller_ids: dict[str, Record] = field(default_factory=dict)
 
 
-class TwilioStandin:
+class TwilioStandin(CallCallbacks):
     def __init__(self, account_sid: str = ACCOUNT_SID, auth_token: str = AUTH_TOKEN) -> None:
         self.account_sid = account_sid
         self.auth_token = auth_token
         # Twilio's default page size; lower it to make the SDK follow next_page_uri.
         self.page_size = 50
+        # Twilio's largest page; lower it to make the SDK page even when it asks for more.
+        self.max_page_size = 1000
         self.requests: list[RecordedRequest] = []
         self.state = _State()
+        self._reset_calls()
         self._faults: deque[_Fault] = deque()
         self._lock = threading.Lock()
         self._release = threading.Event()
@@ -114,10 +119,16 @@ class TwilioStandin:
             ("POST", rf"/IncomingPhoneNumbers/{pn}\.json", self._update_incoming),
             ("GET", r"/OutgoingCallerIds\.json", self._list_caller_ids),
             ("GET", rf"/OutgoingCallerIds/{pn}\.json", self._fetch_caller_id),
+            *self.call_routes(),
         ]
 
     def _account_path(self, rest: str = "") -> str:
         return f"/{API_VERSION}/Accounts/{self.account_sid}{rest}"
+
+    def _number_sid(self, e164: str) -> str | None:
+        with self._lock:
+            owned = [*self.state.incoming_numbers.values(), *self.state.caller_ids.values()]
+        return next((str(r["sid"]) for r in owned if r["phone_number"] == e164), None)
 
     async def _list_incoming(self, request: Request, _: dict[str, str]) -> JSONResponse:
         records = list(self.state.incoming_numbers.values())
@@ -126,7 +137,9 @@ class TwilioStandin:
             records = [r for r in records if pattern.search(r["phone_number"])]
         if name := request.query_params.get("FriendlyName"):
             records = [r for r in records if name in r["friendly_name"]]
-        return wire.list_page(request, "incoming_phone_numbers", records, self.page_size)
+        return wire.list_page(
+            request, "incoming_phone_numbers", records, self.page_size, self.max_page_size
+        )
 
     async def _fetch_incoming(self, request: Request, match: dict[str, str]) -> JSONResponse:
         record = self.state.incoming_numbers.get(match["sid"])
@@ -166,7 +179,9 @@ class TwilioStandin:
         # Unlike IncomingPhoneNumbers, this filter is an exact match.
         if phone := request.query_params.get("PhoneNumber"):
             records = [r for r in records if r["phone_number"] == phone]
-        return wire.list_page(request, "outgoing_caller_ids", records, self.page_size)
+        return wire.list_page(
+            request, "outgoing_caller_ids", records, self.page_size, self.max_page_size
+        )
 
     async def _fetch_caller_id(self, request: Request, match: dict[str, str]) -> JSONResponse:
         record = self.state.caller_ids.get(match["sid"])
@@ -303,14 +318,16 @@ class TwilioStandin:
         }
 
     def reset(self) -> None:
-        """Forget every number, request and fault; release hanging requests."""
+        """Forget every number, call, request and fault; release hanging requests."""
         with self._lock:
             self._release.set()
             self._release = threading.Event()
             self.requests = []
             self.state = _State()
+            self._reset_calls()
             self._faults.clear()
             self.page_size = 50
+            self.max_page_size = 1000
 
     # -- the server ------------------------------------------------------------------------
 

@@ -6,9 +6,10 @@ import base64
 import binascii
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import format_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -20,6 +21,8 @@ BASIC_REALM = 'Basic realm="Twilio API"'
 PAGING_PARAMS = ("Page", "PageSize", "PageToken")
 
 Record = dict[str, Any]
+# A resource handler: the request and the path's named groups (e.g. `sid`).
+Handler = Callable[[Request, dict[str, str]], Awaitable[JSONResponse]]
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,10 @@ def new_sid(prefix: str) -> str:
 def rfc2822(when: datetime | None = None) -> str:
     """Twilio's date format: `Thu, 30 Jul 2015 23:19:04 +0000`."""
     return format_datetime((when or datetime.now(UTC)).replace(microsecond=0))
+
+
+def parse_rfc2822(value: str | None) -> datetime | None:
+    return parsedate_to_datetime(value) if value else None
 
 
 def twilio_error(status: int, code: int, message: str, **headers: str) -> JSONResponse:
@@ -93,12 +100,16 @@ def valid_url(value: str) -> bool:
 
 
 def list_page(
-    request: Request, key: str, records: list[Record], default_page_size: int
+    request: Request,
+    key: str,
+    records: list[Record],
+    default_page_size: int,
+    max_page_size: int = 1000,
 ) -> JSONResponse:
     """One page of a list resource, records under `key`, with Twilio's paging keys."""
     query = request.query_params
     try:
-        page_size = min(max(int(query.get("PageSize") or default_page_size), 1), 1000)
+        page_size = min(max(int(query.get("PageSize") or default_page_size), 1), max_page_size)
         page = max(int(query.get("Page") or 0), 0)
     except ValueError:
         return twilio_error(400, 20001, "Invalid paging parameter")

@@ -1,0 +1,179 @@
+"""Call history: filters, newest first, keyset pages behind signed opaque tokens."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.call.status import FINAL, TWILIO_STATUSES
+from app.errors import BadRequest
+from app.models import Call, Project
+from app.phone import to_e164
+
+STATUSES = FINAL | TWILIO_STATUSES
+
+
+@dataclass(frozen=True)
+class Filters:
+    to: str | None = None
+    from_: str | None = None
+    status: str | None = None
+    start_time: date | None = None
+    start_before: date | None = None
+    start_after: date | None = None
+    end_time: date | None = None
+    end_before: date | None = None
+    end_after: date | None = None
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
+
+
+def parse_filters(raw: dict[str, str | None]) -> Filters:
+    def day(name: str) -> date | None:
+        value = raw.get(name)
+        if not value:
+            return None
+        try:
+            return date.fromisoformat(value) if len(value) == 10 else _bad_date(name)
+        except ValueError:
+            return _bad_date(name)
+
+    def number(name: str) -> str | None:
+        value = raw.get(name)
+        return to_e164(value, field=name) if value else None
+
+    status = raw.get("status") or None
+    if status is not None and status not in STATUSES:
+        raise BadRequest(
+            f"status must be one of {', '.join(sorted(STATUSES))}.",
+            code="VALIDATION_ERROR",
+            errors=[{"field": "status", "message": "is not a call status"}],
+        )
+    return Filters(
+        to=number("to"),
+        from_=number("from"),
+        status=status,
+        start_time=day("startTime"),
+        start_before=day("startTimeBefore"),
+        start_after=day("startTimeAfter"),
+        end_time=day("endTime"),
+        end_before=day("endTimeBefore"),
+        end_after=day("endTimeAfter"),
+    )
+
+
+def _bad_date(name: str) -> date:
+    raise BadRequest(
+        f"{name} must be a date in the form YYYY-MM-DD (UTC).",
+        code="VALIDATION_ERROR",
+        errors=[{"field": name, "message": "must be a date YYYY-MM-DD"}],
+    )
+
+
+def _midnight(d: date) -> datetime:
+    return datetime.combine(d, time(), tzinfo=UTC)
+
+
+def _conditions(project: Project, f: Filters) -> list[Any]:
+    c: list[Any] = [Call.project_id == project.id]
+    if f.to:
+        c.append(Call.to_number == f.to)
+    if f.from_:
+        c.append(Call.from_number == f.from_)
+    if f.status:
+        c.append(Call.status == f.status)
+    # "Before D" and "after D" include the whole of day D, as Twilio's StartTime<= / >= do.
+    for column, on, before, after in (
+        (Call.created_at, f.start_time, f.start_before, f.start_after),
+        (Call.ended_at, f.end_time, f.end_before, f.end_after),
+    ):
+        if on:
+            c += [column >= _midnight(on), column < _midnight(on + timedelta(days=1))]
+        if before:
+            c.append(column < _midnight(before + timedelta(days=1)))
+        if after:
+            c.append(column >= _midnight(after))
+    return c
+
+
+class PageTokens:
+    """Opaque cursors: the last row's (created_at, id), bound to project and filters, signed."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def encode(self, project: Project, f: Filters, last: Call) -> str:
+        body = json.dumps(
+            {
+                "p": str(project.id),
+                "f": f.fingerprint(),
+                "t": last.created_at.isoformat(),
+                "i": str(last.id),
+            },
+            separators=(",", ":"),
+        ).encode()
+        mac = hmac.new(self._key, body, "sha256").digest()[:16]
+        return _b64(body) + "." + _b64(mac)
+
+    def decode(self, token: str, project: Project, f: Filters) -> tuple[datetime, uuid.UUID]:
+        invalid = BadRequest(
+            "pageToken is invalid: pass back nextPageToken exactly, with the same projectId "
+            "and filters.",
+            code="INVALID_PAGE_TOKEN",
+        )
+        try:
+            body_part, mac_part = token.split(".")
+            body, mac = _unb64(body_part), _unb64(mac_part)
+            if not hmac.compare_digest(mac, hmac.new(self._key, body, "sha256").digest()[:16]):
+                raise invalid
+            data = json.loads(body)
+            if data["p"] != str(project.id) or data["f"] != f.fingerprint():
+                raise invalid
+            return datetime.fromisoformat(data["t"]), uuid.UUID(data["i"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise invalid from exc
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+async def page(
+    session: AsyncSession,
+    tokens: PageTokens,
+    *,
+    project: Project,
+    filters: Filters,
+    page_size: int,
+    page_token: str | None,
+) -> tuple[list[Call], str | None]:
+    query = select(Call).where(*_conditions(project, filters))
+    if page_token:
+        at, last_id = tokens.decode(page_token, project, filters)
+        query = query.where(
+            or_(Call.created_at < at, and_(Call.created_at == at, Call.id < last_id))
+        )
+    rows = list(
+        (
+            await session.execute(
+                query.order_by(Call.created_at.desc(), Call.id.desc()).limit(page_size + 1)
+            )
+        ).scalars()
+    )
+    more = len(rows) > page_size
+    rows = rows[:page_size]
+    return rows, tokens.encode(project, filters, rows[-1]) if more and rows else None

@@ -1,0 +1,203 @@
+"""The call object (CONTRACT.md §4) and the /call/* envelopes."""
+
+from __future__ import annotations
+
+from email.utils import format_datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from app.models import Call
+from app.schemas import Strict
+
+CallStatus = Literal[
+    "queued", "initiated", "ringing", "in-progress", "completed", "busy", "failed",
+    "no-answer", "canceled", "voicemail", "silence",
+]  # fmt: skip
+
+MAX_VARIABLES = 100
+
+CALL_EXAMPLE: dict[str, Any] = {
+    "seconds": 23,
+    "cost": 0.077,
+    "status": "completed",
+    "from": "+14152148508",
+    "to": "+12068091239",
+    "date": "Tue, 30 Jan 2024 13:39:53 +0000",
+    "recordingUrls": [
+        "https://api.twilio.com/2010-04-01/Accounts/AC0123/Recordings/RE26e39c970fd416515799f5a165718be3.mp3"
+    ],
+    "phoneNumber": "+12068091239",
+    "callSid": "CA26e39c970fd416515799f5a165718be3",
+    "data": {},
+    "agentId": "232ac42a-2ea0-4276-a5d8-43c8c9f7b857",
+    "projectId": "dce09491-e3c8-4c0b-bf01-c8ef8729088b",
+    "direction": "outbound",
+    "dynamicVariables": {"name": "John"},
+    "batchId": None,
+    "answeredBy": "human",
+    "endedReason": None,
+    "transcript": [],
+}
+
+Variables = Annotated[
+    dict[
+        Annotated[str, StringConstraints(min_length=1, max_length=64)],
+        Annotated[str, StringConstraints(max_length=2000)] | int | float | bool,
+    ],
+    Field(max_length=MAX_VARIABLES),
+]
+
+
+class MakeCallIn(Strict):
+    number: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)]
+    projectId: str
+    agentId: str
+    dynamicVariables: Variables | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "number": "+14155550123",
+                "projectId": "dce09491-e3c8-4c0b-bf01-c8ef8729088b",
+                "agentId": "232ac42a-2ea0-4276-a5d8-43c8c9f7b857",
+                "dynamicVariables": {"name": "John"},
+            }
+        }
+    )
+
+    def variables(self) -> dict[str, str]:
+        out = {}
+        for k, v in (self.dynamicVariables or {}).items():
+            out[k] = ("true" if v else "false") if isinstance(v, bool) else str(v)
+        return out
+
+
+class PlacedCallOut(BaseModel):
+    call_id: str
+    to: str
+    from_: str = Field(serialization_alias="from")
+    status: str
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class MakeCallOut(BaseModel):
+    message: str
+    status: Literal["success"] = "success"
+    call: PlacedCallOut
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "message": "call made successfully.",
+                "status": "success",
+                "call": {
+                    "call_id": "CA26e39c970fd416515799f5a165718be3",
+                    "to": "+14155550123",
+                    "from": "+14152148508",
+                    "status": "queued",
+                },
+            }
+        }
+    )
+
+
+class CallOut(BaseModel):
+    seconds: int | None
+    cost: float | None
+    status: CallStatus
+    from_: str = Field(serialization_alias="from")
+    to: str
+    date: str
+    recordingUrls: list[str]
+    phoneNumber: str
+    callSid: str | None
+    data: dict[str, Any]
+    agentId: str | None
+    projectId: str
+    direction: Literal["outbound", "inbound"]
+    dynamicVariables: dict[str, str]
+    batchId: str | None
+    answeredBy: str | None
+    endedReason: str | None
+    transcript: list[dict[str, Any]]
+
+    model_config = ConfigDict(populate_by_name=True, json_schema_extra={"example": CALL_EXAMPLE})
+
+    @classmethod
+    def of(cls, call: Call) -> CallOut:
+        return cls(
+            seconds=call.seconds,
+            cost=float(call.cost) if call.cost is not None else None,
+            status=call.status,
+            from_=call.from_number,
+            to=call.to_number,
+            date=format_datetime(call.created_at),
+            recordingUrls=list(call.recording_urls),
+            phoneNumber=call.to_number if call.direction == "outbound" else call.from_number,
+            callSid=call.call_sid,
+            data=dict(call.data),
+            agentId=str(call.agent_id) if call.agent_id else None,
+            projectId=str(call.project_id),
+            direction=call.direction,
+            dynamicVariables=dict(call.dynamic_variables),
+            batchId=str(call.batch_id) if call.batch_id else None,
+            answeredBy=call.answered_by,
+            endedReason=call.ended_reason,
+            transcript=list(call.transcript),
+        )
+
+    def public(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True)
+
+
+class GetCallIn(Strict):
+    sid: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] = (
+        Field(validation_alias=AliasChoices("sid", "callSid"))
+    )
+    projectId: str | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "sid": "CA26e39c970fd416515799f5a165718be3",
+                "projectId": "dce09491-e3c8-4c0b-bf01-c8ef8729088b",
+            }
+        }
+    )
+
+
+class HistoryIn(Strict):
+    projectId: str
+    pageSize: Annotated[int, Field(ge=1, le=100)] = 20
+    pageToken: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {"projectId": "dce09491-e3c8-4c0b-bf01-c8ef8729088b", "pageSize": 20}
+        }
+    )
+
+    @field_validator("pageToken")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        return v or None
+
+
+class HistoryOut(BaseModel):
+    message: str
+    status: Literal["success"] = "success"
+    calls: list[CallOut]
+    nextPageToken: str | None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "message": "successfully fetched call history.",
+                "status": "success",
+                "calls": [CALL_EXAMPLE],
+                "nextPageToken": "eyJ0IjoiMjAyNS0wMy0xMFQwNToyMDozOS44MzFaIiwiaSI6Ij...",
+            }
+        }
+    )

@@ -1,0 +1,162 @@
+"""Placing calls through Twilio, and reading them back."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.call.events import call_changed
+from app.call.render import missing_variables, render
+from app.context import AppContext
+from app.db import utcnow
+from app.errors import AppError, BadRequest, NotFound
+from app.models import Agent, Call, Project, User
+from app.phone import to_e164
+from app.phone_number.service import number_of_agent
+from app.project.service import get_owned_agent, get_owned_project
+from app.telephony.errors import TelephonyNotConfigured, TwilioRejected
+
+log = logging.getLogger("talkstack.call")
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    user_id: uuid.UUID
+    project_id: uuid.UUID
+    agent: Agent
+    to: str
+    from_: str
+    variables: dict[str, str]
+    system_instruction: str
+    first_message: str | None
+
+
+async def prepare_call(
+    ctx: AppContext,
+    session: AsyncSession,
+    *,
+    user: User,
+    project_id: str,
+    agent_id: str,
+    number: str,
+    variables: dict[str, str],
+) -> PreparedCall:
+    """Everything that can refuse the call without side effects: ids, number, variables."""
+    project = await get_owned_project(session, user=user, project_id=project_id)
+    agent = await get_owned_agent(session, project=project, agent_id=agent_id)
+    to = to_e164(number, field="number")
+    from_ = await number_of_agent(session, agent.id)
+    if from_ is None:
+        raise BadRequest(
+            "The agent has no phone number to call from; assign one with /phone-number/add-number.",
+            code="AGENT_HAS_NO_NUMBER",
+        )
+    missing = missing_variables([agent.system_instruction, agent.first_message], variables)
+    if missing:
+        raise BadRequest(
+            f"dynamicVariables is missing {', '.join(missing)}, used by the agent's "
+            "systemInstruction or firstMessage.",
+            code="MISSING_VARIABLES",
+            missing=missing,
+        )
+    if ctx.telephony is None:
+        raise TelephonyNotConfigured()
+    return PreparedCall(
+        user_id=user.id,
+        project_id=project.id,
+        agent=agent,
+        to=to,
+        from_=from_,
+        variables=variables,
+        system_instruction=render(agent.system_instruction, variables) or "",
+        first_message=render(agent.first_message, variables),
+    )
+
+
+def callback_url(ctx: AppContext, call_id: uuid.UUID, kind: str) -> str:
+    """Twilio's URLs for one call carry our call id, so a callback that races the Call SID
+    being stored still finds its row."""
+    return f"{ctx.settings.public_base_url}/twilio/calls/{call_id}/{kind}"
+
+
+async def place_call(
+    ctx: AppContext, prepared: PreparedCall, *, batch_id: uuid.UUID | None = None
+) -> Call:
+    """Write the call, commit, then ask Twilio; the row records whatever Twilio answered.
+
+    This runs its own transactions (not the request's): the row must be committed before
+    Twilio is asked, because Twilio's first callback can arrive before this request ends.
+    """
+    assert ctx.telephony is not None
+    call = Call(
+        user_id=prepared.user_id,
+        project_id=prepared.project_id,
+        agent_id=prepared.agent.id,
+        batch_id=batch_id,
+        direction="outbound",
+        to_number=prepared.to,
+        from_number=prepared.from_,
+        status="queued",
+        dynamic_variables=prepared.variables,
+        system_instruction=prepared.system_instruction,
+        first_message=prepared.first_message,
+    )
+    async with ctx.sessionmaker() as session:
+        session.add(call)
+        await session.commit()
+    try:
+        placed = await ctx.telephony.create_call(
+            to=prepared.to,
+            from_=prepared.from_,
+            twiml_url=callback_url(ctx, call.id, "twiml"),
+            status_callback=callback_url(ctx, call.id, "status"),
+            recording_status_callback=callback_url(ctx, call.id, "recording"),
+            amd_callback=callback_url(ctx, call.id, "amd"),
+            time_limit_seconds=prepared.agent.max_call_duration_seconds,
+        )
+    except AppError as exc:
+        await _record_refusal(ctx, call.id, exc)
+        raise
+    async with ctx.sessionmaker() as session:
+        row = await session.get(Call, call.id, with_for_update=True)
+        assert row is not None
+        row.call_sid = placed.sid
+        await session.commit()
+        return row
+
+
+async def _record_refusal(ctx: AppContext, call_id: uuid.UUID, exc: AppError) -> None:
+    async with ctx.sessionmaker() as session:
+        row = await session.get(Call, call_id)
+        assert row is not None
+        row.status = "failed"
+        row.ended_at = utcnow()
+        row.ended_reason = "twilio-rejected" if isinstance(exc, TwilioRejected) else "twilio-error"
+        twilio_code = exc.extra.get("twilioCode")
+        row.error_code = str(twilio_code) if twilio_code is not None else exc.code
+        row.error_message = exc.message
+        project = await session.get(Project, row.project_id)
+        if project is not None:
+            await call_changed(session, project, row)
+        await session.commit()
+    log.info("call %s refused by Twilio: %s", call_id, exc.code)
+
+
+async def get_call(session: AsyncSession, *, user: User, sid: str, project_id: str | None) -> Call:
+    not_found = NotFound("Call not found.", code="CALL_NOT_FOUND")
+    query = (
+        select(Call)
+        .join(Project, Project.id == Call.project_id)
+        .where(Call.call_sid == sid, Call.user_id == user.id, Project.is_deleted.is_(False))
+    )
+    if project_id is not None:
+        project = await get_owned_project(session, user=user, project_id=project_id)
+        query = query.where(Call.project_id == project.id)
+    call = (await session.execute(query)).scalar_one_or_none()
+    if call is None:
+        raise not_found
+    return call

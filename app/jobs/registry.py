@@ -1,0 +1,77 @@
+"""Every job kind and its handler, in one place: a new kind of background work is added here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
+from functools import partial
+
+from app.call import callbacks
+from app.call.jobs import fetch_price
+from app.context import AppContext
+from app.db import make_engine, make_sessionmaker
+from app.jobs import webhooks
+from app.jobs.queue import wake_on_commit
+from app.jobs.worker import Handler, JobWorker
+
+# Kinds whose jobs of one project run one at a time, in the order they were queued.
+ORDERED_KINDS = frozenset({webhooks.KIND})
+
+
+@asynccontextmanager
+async def job_handlers(ctx: AppContext) -> AsyncIterator[dict[str, Handler]]:
+    """The handler of each kind, with whatever it holds open (HTTP clients) for its lifetime."""
+    async with AsyncExitStack() as stack:
+        deliver = webhooks.WebhookDelivery(ctx.sessionmaker, ctx.settings)
+        stack.push_async_callback(deliver.aclose)
+        yield {
+            webhooks.KIND: deliver,
+            callbacks.PRICE_JOB: partial(fetch_price, ctx),
+        }
+
+
+@asynccontextmanager
+async def running_worker(ctx: AppContext) -> AsyncIterator[JobWorker]:
+    """A started worker for every registered kind; stopped (gracefully) on exit."""
+    settings = ctx.settings
+    async with _jobs_context(ctx) as jobs_ctx, job_handlers(jobs_ctx) as handlers:
+        worker = JobWorker(
+            jobs_ctx.sessionmaker,
+            handlers,
+            concurrency=settings.job_concurrency,
+            poll_interval=settings.job_poll_interval_seconds,
+            lease_seconds=settings.job_lease_seconds,
+            retry_base_seconds=settings.job_retry_base_seconds,
+            shutdown_grace_seconds=settings.job_shutdown_grace_seconds,
+            ordered_kinds=ORDERED_KINDS,
+        )
+        await worker.start()
+        # Requests enqueue through the API's engine: their commits wake this worker too.
+        unsubscribe = wake_on_commit(ctx.engine, worker.notify)
+        try:
+            yield worker
+        finally:
+            unsubscribe()
+            await worker.stop()
+
+
+@asynccontextmanager
+async def _jobs_context(ctx: AppContext) -> AsyncIterator[AppContext]:
+    """The context handlers see: the same adapters, but a connection pool of their own.
+
+    Background work (claims, leases, handlers' queries) then never takes the connections that
+    requests need, and a burst of requests never starves the worker.
+    """
+    if ctx.engine.url.database in (None, "", ":memory:"):
+        # An in-memory SQLite database exists once per engine: it cannot be shared by two.
+        yield ctx
+        return
+    concurrency = ctx.settings.job_concurrency
+    engine = make_engine(
+        ctx.settings.async_database_url, pool_size=concurrency + 2, max_overflow=concurrency
+    )
+    try:
+        yield replace(ctx, engine=engine, sessionmaker=make_sessionmaker(engine), worker=None)
+    finally:
+        await engine.dispose()

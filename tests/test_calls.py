@@ -1,0 +1,300 @@
+"""makeCall through the Twilio stand-in, Twilio's callbacks, and reading calls back."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from twilio.request_validator import RequestValidator
+
+from app.models import Call, Job
+from tests.factories import api_key_for, assert_error, verified_account
+from tests.standins.twilio import AUTH_TOKEN
+
+FROM = "+14155550100"
+TO = "+14155550123"
+
+
+@pytest.fixture
+def settings_overrides(twilio_standin) -> dict[str, Any]:
+    return {**twilio_standin.settings_overrides(), "run_jobs_in_process": False}
+
+
+@pytest.fixture
+async def setup(client, mailbox, twilio_standin) -> dict[str, Any]:
+    acct = await verified_account(client, mailbox)
+    key = {"x-api-key": await api_key_for(client, acct)}
+    r = await client.post("/project/create-project", json={"name": "Clinic"}, headers=key)
+    project = r.json()["data"]["id"]
+    twilio_standin.add_incoming_number(FROM)
+    r = await client.post(
+        "/agent/create-agent",
+        json={
+            "name": "Jack",
+            "projectId": project,
+            "systemInstruction": "You are Jack calling {{name}}.",
+            "firstMessage": "Hi {{name}}, this is Jack & co.",
+            "phoneNumber": FROM,
+            "maxCallDurationSeconds": 300,
+        },
+        headers=key,
+    )
+    assert r.status_code == 200, r.text
+    return {"key": key, "project": project, "agent": r.json()["data"]["id"]}
+
+
+async def make_call(client, setup, *, headers=None, **body: Any):
+    payload = {
+        "number": TO,
+        "projectId": setup["project"],
+        "agentId": setup["agent"],
+        "dynamicVariables": {"name": "John"},
+        **body,
+    }
+    return await client.post(
+        "/call/makeCall", json=payload, headers={**setup["key"], **(headers or {})}
+    )
+
+
+async def calls(app) -> list[Call]:
+    async with app.state.ctx.sessionmaker() as s:
+        return list((await s.execute(select(Call).order_by(Call.created_at))).scalars())
+
+
+async def test_make_call_asks_twilio_for_everything(client, setup, twilio_standin, app):
+    r = await make_call(client, setup, number="+1 (415) 555-0123")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["message"] == "call made successfully." and body["status"] == "success"
+    sid = body["call"]["call_id"]
+    assert sid.startswith("CA") and len(sid) == 34
+    assert body["call"]["to"] == TO and body["call"]["from"] == FROM
+    (asked,) = twilio_standin.created_calls
+    (call,) = await calls(app)
+    base = f"https://talkstack.test/twilio/calls/{call.id}"
+    assert asked["To"] == [TO] and asked["From"] == [FROM]
+    assert asked["Url"] == [f"{base}/twiml"]
+    assert asked["StatusCallback"] == [f"{base}/status"]
+    assert asked["StatusCallbackEvent"] == ["initiated", "ringing", "answered", "completed"]
+    assert asked["Record"] == ["true"]
+    assert asked["RecordingStatusCallback"] == [f"{base}/recording"]
+    assert asked["MachineDetection"] == ["Enable"] and asked["AsyncAmd"] == ["true"]
+    assert asked["AsyncAmdStatusCallback"] == [f"{base}/amd"]
+    assert asked["TimeLimit"] == ["300"]
+    assert call.call_sid == sid and call.status == "queued"
+    assert call.system_instruction == "You are Jack calling John."
+    assert call.first_message == "Hi John, this is Jack & co."
+    assert call.dynamic_variables == {"name": "John"}
+
+
+async def test_missing_variables_are_listed_and_nothing_dials(client, setup, twilio_standin, app):
+    r = await make_call(client, setup, dynamicVariables={})
+    body = assert_error(r, 400, "MISSING_VARIABLES", missing=["name"])
+    assert "name" in body["message"]
+    assert twilio_standin.created_calls == [] and await calls(app) == []
+
+
+@pytest.mark.parametrize("number", ["12345", "+1415555", "+1-800-FLOWERS", ""])
+async def test_invalid_destination(client, setup, twilio_standin, app, number):
+    r = await make_call(client, setup, number=number)
+    assert r.status_code == 400
+    assert twilio_standin.created_calls == [] and await calls(app) == []
+
+
+async def test_agent_without_number_is_400(client, setup, twilio_standin, app):
+    r = await client.post(
+        "/agent/create-agent",
+        json={"name": "N", "systemInstruction": "x", "projectId": setup["project"]},
+        headers=setup["key"],
+    )
+    r = await make_call(client, setup, agentId=r.json()["data"]["id"])
+    assert_error(r, 400, "AGENT_HAS_NO_NUMBER")
+
+
+async def test_unknown_agent_or_foreign_project_is_404(client, setup, mailbox):
+    assert (await make_call(client, setup, agentId=str(uuid.uuid4()))).status_code == 404
+    other = await verified_account(client, mailbox)
+    key = {"x-api-key": await api_key_for(client, other)}
+    r = await client.post(
+        "/call/makeCall",
+        json={"number": TO, "projectId": setup["project"], "agentId": setup["agent"]},
+        headers=key,
+    )
+    assert_error(r, 404, "PROJECT_NOT_FOUND")
+
+
+async def test_twilio_refusal_is_400_and_the_call_is_failed(client, setup, twilio_standin, app):
+    twilio_standin.make_undialable(TO, code=21217)
+    r = await make_call(client, setup)
+    assert r.status_code == 400, r.text
+    assert r.json()["code"] == "TWILIO_REJECTED" and r.json()["twilioCode"] == 21217
+    (call,) = await calls(app)
+    assert call.status == "failed" and call.error_code == "21217" and call.call_sid is None
+
+
+async def test_twilio_down_is_502_and_the_call_is_failed(client, setup, twilio_standin, app):
+    twilio_standin.fail_next(1, status=503)
+    r = await make_call(client, setup)
+    assert r.status_code == 502 and r.json()["code"] == "TWILIO_ERROR"
+    (call,) = await calls(app)
+    assert call.status == "failed"
+
+
+async def test_idempotency_key_replays_without_dialing(client, setup, twilio_standin, app):
+    h = {"Idempotency-Key": "order-42"}
+    first = await make_call(client, setup, headers=h)
+    second = await make_call(client, setup, headers=h)
+    assert first.status_code == second.status_code == 200
+    assert first.json() == second.json()
+    assert len(twilio_standin.created_calls) == 1 and len(await calls(app)) == 1
+    changed = await make_call(client, setup, headers=h, number="+14155550124")
+    assert_error(changed, 409, "IDEMPOTENCY_KEY_REUSED")
+    assert len(twilio_standin.created_calls) == 1
+    other = await make_call(client, setup, headers={"Idempotency-Key": "order-43"})
+    assert other.json()["call"]["call_id"] != first.json()["call"]["call_id"]
+
+
+async def test_concurrent_retries_with_one_key_dial_once(client, setup, twilio_standin, app):
+    h = {"Idempotency-Key": "same"}
+    results = await asyncio.gather(*(make_call(client, setup, headers=h) for _ in range(4)))
+    assert len(twilio_standin.created_calls) == 1
+    assert {r.status_code for r in results} <= {200, 409}
+    assert sum(r.status_code == 200 for r in results) >= 1
+
+
+async def _placed(client, setup) -> str:
+    r = await make_call(client, setup)
+    assert r.status_code == 200, r.text
+    sid: str = r.json()["call"]["call_id"]
+    return sid
+
+
+async def get_call(client, setup, sid: str, key: str = "sid") -> dict[str, Any]:
+    r = await client.post(
+        "/call", json={key: sid, "projectId": setup["project"]}, headers=setup["key"]
+    )
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_status_callbacks_move_forward_only(client, setup, twilio_standin, app):
+    sid = await _placed(client, setup)
+    for status in ("initiated", "ringing", "in-progress"):
+        r = await twilio_standin.deliver(
+            client, twilio_standin.callback(sid, "status", CallStatus=status)
+        )
+        assert r.status_code in (200, 204), r.text
+    done = twilio_standin.callback(sid, "status", CallStatus="completed", CallDuration="23")
+    assert (await twilio_standin.deliver(client, done)).status_code in (200, 204)
+    late = twilio_standin.callback(sid, "status", CallStatus="ringing", SequenceNumber="1")
+    await twilio_standin.deliver(client, late)
+    # A replay of the completed callback changes nothing either.
+    await twilio_standin.deliver(client, done)
+    call = await get_call(client, setup, sid, key="callSid")
+    assert call["status"] == "completed" and call["seconds"] == 23
+    assert call["from"] == FROM and call["to"] == TO and call["phoneNumber"] == TO
+    assert call["callSid"] == sid and call["direction"] == "outbound"
+    assert call["date"].endswith("+0000")
+    async with app.state.ctx.sessionmaker() as s:
+        kinds = [j.kind for j in (await s.execute(select(Job).order_by(Job.created_at))).scalars()]
+    assert kinds.count("call.price") == 1
+
+
+async def test_bad_or_missing_signature_is_403_and_changes_nothing(
+    client, setup, twilio_standin, app
+):
+    sid = await _placed(client, setup)
+    cb = twilio_standin.callback(sid, "status", CallStatus="ringing")
+    forged = {**cb.params, "CallStatus": "completed"}
+    path = cb.url.removeprefix("https://talkstack.test")
+    r = await client.post(path, data=forged, headers=cb.headers)
+    assert_error(r, 403, "INVALID_TWILIO_SIGNATURE")
+    r = await client.post(path, data=cb.params)
+    assert r.status_code == 403
+    (call,) = await calls(app)
+    assert call.status == "queued"
+
+
+async def test_answering_machine_makes_voicemail(client, setup, twilio_standin):
+    sid = await _placed(client, setup)
+    await twilio_standin.deliver(
+        client, twilio_standin.callback(sid, "status", CallStatus="in-progress")
+    )
+    await twilio_standin.deliver(
+        client, twilio_standin.callback(sid, "amd", AnsweredBy="machine_end_beep")
+    )
+    await twilio_standin.deliver(
+        client, twilio_standin.callback(sid, "status", CallStatus="completed", CallDuration="9")
+    )
+    call = await get_call(client, setup, sid)
+    assert call["status"] == "voicemail" and call["answeredBy"] == "machine_end_beep"
+
+
+async def test_recording_urls(client, setup, twilio_standin):
+    sid = await _placed(client, setup)
+    cb = twilio_standin.callback(sid, "recording")
+    await twilio_standin.deliver(client, cb)
+    await twilio_standin.deliver(client, cb)
+    call = await get_call(client, setup, sid)
+    assert call["recordingUrls"] == [cb.params["RecordingUrl"] + ".mp3"]
+
+
+async def test_callback_for_unknown_call_is_ignored(client, setup, twilio_standin, app):
+    sid = await _placed(client, setup)
+    cb = twilio_standin.callback(sid, "status", CallStatus="ringing")
+    (call,) = await calls(app)
+    # Same signed request shape, but for a call id this server never made.
+    other_url = cb.url.replace(str(call.id), str(uuid.uuid4()))
+    signed = {
+        "X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(other_url, cb.params)
+    }
+    r = await client.post(
+        other_url.removeprefix("https://talkstack.test"), data=cb.params, headers=signed
+    )
+    assert r.status_code in (200, 204)
+    assert (await calls(app))[0].status == "queued"
+
+
+async def test_twiml_says_the_rendered_first_message(client, setup, twilio_standin):
+    sid = await _placed(client, setup)
+    r = await twilio_standin.deliver(client, twilio_standin.twiml_request(sid))
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/xml")
+    assert "<Say>Hi John, this is Jack &amp; co.</Say>" in r.text and "<Hangup/>" in r.text
+
+
+async def test_get_call_of_another_user_is_404(client, setup, mailbox):
+    sid = await _placed(client, setup)
+    other = await verified_account(client, mailbox)
+    key = {"x-api-key": await api_key_for(client, other)}
+    assert_error(await client.post("/call", json={"sid": sid}, headers=key), 404, "CALL_NOT_FOUND")
+    assert_error(
+        await client.post("/call", json={"sid": "CA" + "0" * 32}, headers=setup["key"]),
+        404,
+        "CALL_NOT_FOUND",
+    )
+
+
+async def test_price_job_stores_positive_cost(client, setup, twilio_standin, app):
+    sid = await _placed(client, setup)
+    await twilio_standin.deliver(
+        client, twilio_standin.callback(sid, "status", CallStatus="completed", CallDuration="30")
+    )
+    twilio_standin.set_call(
+        sid, price="-0.01300", price_unit="USD", duration="30", status="completed"
+    )
+    from app.call.jobs import fetch_price
+
+    async with app.state.ctx.sessionmaker() as s:
+        job = (await s.execute(select(Job).where(Job.kind == "call.price"))).scalar_one()
+    await fetch_price(app.state.ctx, job)
+    async with app.state.ctx.sessionmaker() as s:
+        call = (await s.execute(select(Call))).scalar_one()
+        assert call.cost == Decimal("0.013") and call.cost_unit == "USD"
+    assert (await get_call(client, setup, sid))["cost"] == 0.013
+    async with app.state.ctx.sessionmaker() as s:
+        assert (await s.execute(select(func.count()).select_from(Call))).scalar() == 1
