@@ -37,6 +37,15 @@ class Settings(BaseSettings):
     llm_base_url: str = "https://api.openai.com/v1"
     llm_api_key: str | None = None
     llm_model: str = "gpt-4o-mini"
+    # A live turn waits this long for the LLM's first token before apologising and hanging up.
+    llm_timeout_seconds: Annotated[float, Field(gt=0)] = 15.0
+    llm_temperature: Annotated[float, Field(ge=0, le=2)] = 0.4
+
+    # The live conversation (ConversationRelay). The callee's silence is counted from when the
+    # agent's speech is estimated to end (its text at CONVERSATION_SPEECH_CHARS_PER_SECOND).
+    conversation_silence_seconds: Annotated[float, Field(gt=0)] = 6.0
+    conversation_reprompts: Annotated[int, Field(ge=0)] = 2
+    conversation_speech_chars_per_second: Annotated[float, Field(gt=0)] = 15.0
 
     elevenlabs_api_key: str | None = None
     elevenlabs_api_base_url: str = "https://api.elevenlabs.io"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
+from app.conversation.llm import LanguageModel
 from app.jobs.worker import JobWorker
 from app.mail import Mailer
 from app.ratelimit import AuthRateLimiter
@@ -26,6 +27,7 @@ class AppContext:
     limiter: AuthRateLimiter
     telephony: TwilioAdapter | None
     voices: VoiceCatalogue
+    llm: LanguageModel
     # The in-process job worker (None when RUN_JOBS_IN_PROCESS=false: a separate
     # `talkstack-worker` runs the jobs).
     worker: JobWorker | None = None

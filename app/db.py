@@ -79,6 +79,24 @@ def _sqlite_pragmas(dbapi_conn: Any, _: ConnectionPoolEntry) -> None:
     cur.close()
 
 
+def _sqlite_lock_for_update(
+    conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
+) -> None:
+    """SELECT ... FOR UPDATE on SQLite: take the database's write lock first.
+
+    SQLite has no row locks and drops FOR UPDATE, and the driver runs a SELECT outside any
+    transaction, so a read-modify-write (two Twilio callbacks for one call) could lose an
+    update. BEGIN IMMEDIATE makes such transactions take turns, as row locks would on
+    PostgreSQL; plain reads are untouched.
+    """
+    compiled = getattr(context, "compiled", None)
+    stmt = getattr(compiled, "statement", None)
+    if getattr(stmt, "_for_update_arg", None) is None:
+        return
+    if not conn.connection.driver_connection.in_transaction:
+        cursor.execute("BEGIN IMMEDIATE")
+
+
 def make_engine(async_url: str, **kwargs: Any) -> AsyncEngine:
     if async_url.startswith("sqlite"):
         # No rollback when a connection returns to the pool: session_scope always ends the
@@ -87,6 +105,7 @@ def make_engine(async_url: str, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("pool_reset_on_return", None)
         engine = create_async_engine(async_url, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "before_cursor_execute", _sqlite_lock_for_update)
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)

@@ -22,6 +22,8 @@ from app.call.router import router as call_router
 from app.call.twilio_router import router as call_twilio_router
 from app.config import Settings, get_settings
 from app.context import AppContext
+from app.conversation.llm import build_language_model
+from app.conversation.router import router as conversation_router
 from app.db import make_engine, make_sessionmaker
 from app.deps import current_user
 from app.errors import NotConfigured, install_error_handlers
@@ -67,6 +69,7 @@ def build_context(settings: Settings) -> AppContext:
         limiter=AuthRateLimiter(settings),
         telephony=build_telephony(settings),
         voices=build_voice_catalogue(settings),
+        llm=build_language_model(settings),
     )
 
 
@@ -80,6 +83,7 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
         if ctx.telephony:
             await ctx.telephony.aclose()
         await ctx.voices.aclose()
+        await ctx.llm.aclose()
         await ctx.limiter.aclose()
         await ctx.engine.dispose()
 
@@ -172,6 +176,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_pages)
     # Twilio's callbacks: no user credential, each request proves itself with its signature.
     app.include_router(call_twilio_router)
+    app.include_router(conversation_router)
     # Everything else is protected by default: a router added here needs a credential.
     protected = APIRouter(dependencies=[Depends(current_user)])
     protected.include_router(auth_protected)

@@ -259,12 +259,21 @@ async def test_callback_for_unknown_call_is_ignored(client, setup, twilio_standi
     assert (await calls(app))[0].status == "queued"
 
 
-async def test_twiml_says_the_rendered_first_message(client, setup, twilio_standin):
+async def test_twiml_greets_with_the_rendered_first_message(client, setup, twilio_standin):
     sid = await _placed(client, setup)
     r = await twilio_standin.deliver(client, twilio_standin.twiml_request(sid))
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/xml")
-    assert "<Say>Hi John, this is Jack &amp; co.</Say>" in r.text and "<Hangup/>" in r.text
+    assert 'welcomeGreeting="Hi John, this is Jack &amp; co."' in r.text
+    assert "<ConversationRelay " in r.text
+
+
+async def test_twiml_for_an_unknown_call_hangs_up(client, setup, twilio_standin):
+    sid = await _placed(client, setup)
+    cb = twilio_standin.twiml_request(sid, CallSid="CA" + "9" * 32)
+    r = await twilio_standin.deliver(client, cb)
+    assert r.status_code == 200
+    assert "<Hangup />" in r.text and "ConversationRelay" not in r.text
 
 
 async def test_get_call_of_another_user_is_404(client, setup, mailbox):

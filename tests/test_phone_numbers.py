@@ -75,6 +75,8 @@ async def test_add_incoming_number(client, alice, twilio_standin, app):
     update = twilio_standin.incoming_number(sid)
     assert update["voice_url"] == "https://talkstack.test/twilio/voice/inbound"
     assert update["voice_method"] == "POST"
+    assert update["status_callback"] == "https://talkstack.test/twilio/voice/status"
+    assert update["status_callback_method"] == "POST"
     (row,) = await rows(app)
     assert row.twilio_kind == "incoming" and row.twilio_sid == sid
     r = await client.post("/agent", json={"projectId": project, "agentId": agent}, headers=alice)

@@ -34,6 +34,7 @@ from tests.standins.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioStandin
 NUMBER = "+14155550100"
 LONGER = "+141555501001"  # contains NUMBER: Twilio's partial PhoneNumber filter lists it too
 VOICE_URL = "https://talkstack.test/twilio/voice"
+STATUS_URL = "https://talkstack.test/twilio/voice/status"
 
 
 def twilio_settings(standin: TwilioStandin, **overrides: Any) -> Settings:
@@ -145,14 +146,20 @@ async def test_the_number_is_found_on_a_later_page(adapter, twilio_standin):
 async def test_point_voice_url_updates_the_number(adapter, twilio_standin):
     sid = twilio_standin.add_incoming_number(NUMBER, voice_url="https://old.example/voice")
 
-    await adapter.point_voice_url(sid, VOICE_URL)
+    await adapter.point_voice_url(sid, VOICE_URL, status_callback=STATUS_URL)
 
     number = twilio_standin.incoming_number(sid)
     assert (number["voice_url"], number["voice_method"]) == (VOICE_URL, "POST")
+    assert (number["status_callback"], number["status_callback_method"]) == (STATUS_URL, "POST")
     asked = twilio_standin.last_request
     assert asked.method == "POST"
     assert asked.path == f"/2010-04-01/Accounts/{ACCOUNT_SID}/IncomingPhoneNumbers/{sid}.json"
-    assert asked.form == {"VoiceUrl": [VOICE_URL], "VoiceMethod": ["POST"]}
+    assert asked.form == {
+        "VoiceUrl": [VOICE_URL],
+        "VoiceMethod": ["POST"],
+        "StatusCallback": [STATUS_URL],
+        "StatusCallbackMethod": ["POST"],
+    }
     assert asked.headers["content-type"].startswith("application/x-www-form-urlencoded")
 
 
@@ -169,7 +176,7 @@ async def test_a_rejected_voice_url_keeps_twilios_code_and_changes_nothing(adapt
     sid = twilio_standin.add_incoming_number(NUMBER, voice_url="https://old.example/voice")
 
     with pytest.raises(TwilioRejected) as raised:
-        await adapter.point_voice_url(sid, "not-a-url")
+        await adapter.point_voice_url(sid, "not-a-url", status_callback=STATUS_URL)
 
     err = raised.value
     assert err.status_code == 400
@@ -181,7 +188,7 @@ async def test_a_rejected_voice_url_keeps_twilios_code_and_changes_nothing(adapt
 
 async def test_an_unknown_number_sid_is_a_502(adapter, twilio_standin):
     with pytest.raises(TwilioUnavailable) as raised:
-        await adapter.point_voice_url("PN" + "0" * 32, VOICE_URL)
+        await adapter.point_voice_url("PN" + "0" * 32, VOICE_URL, status_callback=STATUS_URL)
 
     assert raised.value.status_code == 502
     assert "404" in raised.value.message
@@ -234,7 +241,7 @@ async def test_a_twilio_5xx_on_an_update_is_a_502_and_changes_nothing(adapter, t
     twilio_standin.fail_next(status=500)
 
     with pytest.raises(TwilioUnavailable) as raised:
-        await adapter.point_voice_url(sid, VOICE_URL)
+        await adapter.point_voice_url(sid, VOICE_URL, status_callback=STATUS_URL)
 
     assert "Twilio failed to answer (500" in raised.value.message
     assert twilio_standin.incoming_number(sid)["voice_url"] == "https://old.example/voice"
@@ -332,7 +339,7 @@ async def test_every_request_goes_to_the_base_url_never_to_twilio(twilio_standin
     try:
         await adapter.find_owned_number(NUMBER)  # two pages: next_page_uri is rewritten too
         await adapter.find_owned_number("+14155550999")
-        await adapter.point_voice_url(sid, VOICE_URL)
+        await adapter.point_voice_url(sid, VOICE_URL, status_callback=STATUS_URL)
     finally:
         await adapter.aclose()
 

@@ -13,7 +13,7 @@ from app.call import status as states
 from app.call.events import call_changed
 from app.db import utcnow
 from app.jobs.queue import enqueue
-from app.models import Call, Project
+from app.models import Call
 
 log = logging.getLogger("talkstack.call.callbacks")
 
@@ -34,9 +34,7 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-async def apply_status(
-    session: AsyncSession, project: Project, call: Call, params: Mapping[str, str]
-) -> bool:
+async def apply_status(session: AsyncSession, call: Call, params: Mapping[str, str]) -> bool:
     """Apply one status callback; return whether the call's status changed."""
     sequence = _int(params.get("SequenceNumber"))
     if sequence is not None:
@@ -48,7 +46,7 @@ async def apply_status(
     if not states.advances(call.status, new):
         return False
     when = _when(params)
-    call.status = states.final_status(new, call.answered_by)
+    call.status = states.final_status(new, call.answered_by, call.ended_reason)
     if new == "in-progress":
         call.answered_at = when
     if new in states.FINAL:
@@ -64,13 +62,11 @@ async def apply_status(
                 project_id=call.project_id,
                 max_attempts=8,
             )
-    await call_changed(session, project, call)
+    await call_changed(session, call)
     return True
 
 
-async def apply_amd(
-    session: AsyncSession, project: Project, call: Call, params: Mapping[str, str]
-) -> bool:
+async def apply_amd(session: AsyncSession, call: Call, params: Mapping[str, str]) -> bool:
     answered_by = params.get("AnsweredBy") or None
     if answered_by is None:
         return False
@@ -78,7 +74,7 @@ async def apply_amd(
     refined = states.final_status(call.status, answered_by)
     if refined != call.status:
         call.status = refined
-        await call_changed(session, project, call)
+        await call_changed(session, call)
         return True
     return False
 

@@ -9,8 +9,14 @@ from app.jobs.webhooks import enqueue_call_event
 from app.models import Call, Project
 
 
-async def call_changed(session: AsyncSession, project: Project, call: Call) -> None:
-    """Queue a `call.status` event in the caller's transaction (delivered after commit)."""
+async def call_changed(session: AsyncSession, call: Call) -> None:
+    """Queue a `call.status` event in the caller's transaction (delivered after commit).
+
+    The project is read only here, when something changed (usually from the identity map).
+    """
+    project = await session.get(Project, call.project_id)
+    if project is None or not project.call_status_webhook:
+        return
     await session.flush()
     await enqueue_call_event(
         session, project=project, event="call.status", call=CallOut.of(call).public()

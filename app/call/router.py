@@ -9,6 +9,8 @@ from fastapi.responses import JSONResponse
 
 from app.call import history, idempotency, service
 from app.call.schemas import (
+    AnalysisIn,
+    AnalysisOut,
     CallOut,
     GetCallIn,
     HistoryIn,
@@ -17,6 +19,7 @@ from app.call.schemas import (
     MakeCallOut,
     PlacedCallOut,
 )
+from app.conversation.analysis import analysis_on_demand
 from app.deps import CtxDep, CurrentUser, SessionDep
 from app.errors import AppError
 from app.project.service import get_owned_project
@@ -134,3 +137,19 @@ async def get_call_history(
         calls=[CallOut.of(c) for c in calls],
         nextPageToken=token,
     )
+
+
+@router.post("/analysis", response_model=AnalysisOut, responses=error_responses(401, 404, 409, 502))
+async def call_analysis(
+    body: AnalysisIn, user: CurrentUser, ctx: CtxDep, session: SessionDep
+) -> AnalysisOut:
+    """Answer questions about a finished call from its transcript (none: the agent's own).
+
+    Boolean answers are "Yes"/"No", Number a number, Selector one of its options. Asking the
+    same questions again returns the stored answer.
+    """
+    call = await service.get_call(session, user=user, sid=body.sid, project_id=body.projectId)
+    questions = [q.model_dump() for q in body.questions] if body.questions else None
+    result = await analysis_on_demand(ctx, call, questions)
+    return AnalysisOut.model_validate({"message": "successfully analysed the call.",
+                                       "analysis": result})  # fmt: skip

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from app.agent.schemas import AnalysisQuestion
 from app.models import Call
 from app.schemas import Strict
 
@@ -201,3 +202,63 @@ class HistoryOut(BaseModel):
             }
         }
     )
+
+
+class AnalysisIn(Strict):
+    sid: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)] = (
+        Field(validation_alias=AliasChoices("sid", "callSid"))
+    )
+    questions: list[AnalysisQuestion] | None = Field(default=None, max_length=50)
+    projectId: str | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "sid": "CA26e39c970fd416515799f5a165718be3",
+                "questions": [
+                    {"question": "Is the user interested in buying the product?",
+                     "type": "Boolean"},
+                    {"question": "How many products does the user want?", "type": "Number"},
+                    {"question": "Why does the user enroll somewhere else?", "type": "Selector",
+                     "options": ["User got better offers.", "User is not interested anymore."]},
+                ],
+            }
+        }
+    )  # fmt: skip
+
+
+class AnalysisAnswer(BaseModel):
+    question: str
+    type: Literal["Boolean", "Text", "Number", "Selector"]
+    answer: str | int | float
+
+
+class Analysis(BaseModel):
+    summary: str
+    sentiment: Literal["positive", "neutral", "negative"]
+    answers: list[AnalysisAnswer]
+
+
+class AnalysisOut(BaseModel):
+    message: str
+    status: Literal["success"] = "success"
+    analysis: Analysis
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "message": "successfully analysed the call.",
+                "status": "success",
+                "analysis": {
+                    "summary": "The agent presented the offer; the user wants two units.",
+                    "sentiment": "positive",
+                    "answers": [
+                        {"question": "Is the user interested in buying the product?",
+                         "type": "Boolean", "answer": "Yes"},
+                        {"question": "How many products does the user want?",
+                         "type": "Number", "answer": 2},
+                    ],
+                },
+            }
+        }
+    )  # fmt: skip

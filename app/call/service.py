@@ -139,9 +139,7 @@ async def _record_refusal(ctx: AppContext, call_id: uuid.UUID, exc: AppError) ->
         twilio_code = exc.extra.get("twilioCode")
         row.error_code = str(twilio_code) if twilio_code is not None else exc.code
         row.error_message = exc.message
-        project = await session.get(Project, row.project_id)
-        if project is not None:
-            await call_changed(session, project, row)
+        await call_changed(session, row)
         await session.commit()
     log.info("call %s refused by Twilio: %s", call_id, exc.code)
 

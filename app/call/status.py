@@ -24,8 +24,13 @@ def advances(current: str, new: str) -> bool:
     return new in TWILIO_STATUSES and rank(new) > rank(current)
 
 
-def final_status(twilio_status: str, answered_by: str | None) -> str:
-    """A completed call answered by a machine is `voicemail` (CONTRACT.md §6)."""
+def final_status(
+    twilio_status: str, answered_by: str | None, ended_reason: str | None = None
+) -> str:
+    """A completed call answered by a machine is `voicemail`; one the agent ended because the
+    callee stayed silent is `silence` (CONTRACT.md §6)."""
     if twilio_status == "completed" and answered_by in MACHINE:
         return "voicemail"
+    if twilio_status == "completed" and ended_reason == "silence":
+        return "silence"
     return twilio_status

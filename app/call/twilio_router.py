@@ -8,16 +8,17 @@ from __future__ import annotations
 import logging
 import uuid
 from typing import Annotated, Any
-from xml.sax.saxutils import escape
 
 from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.call import callbacks
-from app.deps import SessionDep
+from app.conversation.documents import relay_twiml
+from app.deps import CtxDep, SessionDep
 from app.errors import Forbidden
-from app.models import Call, Project
+from app.models import Agent, Call
 from app.schemas import ErrorBody
+from app.telephony import twiml
 from app.telephony.errors import TelephonyNotConfigured
 
 log = logging.getLogger("talkstack.call.twilio")
@@ -47,9 +48,7 @@ _SIGNED: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _load(
-    session: AsyncSession, call_id: uuid.UUID, params: dict[str, str]
-) -> tuple[Call, Project] | None:
+async def _load(session: AsyncSession, call_id: uuid.UUID, params: dict[str, str]) -> Call | None:
     call = await session.get(Call, call_id, with_for_update=True)
     sid = params.get("CallSid")
     if call is None or (call.call_sid is not None and sid and sid != call.call_sid):
@@ -57,44 +56,43 @@ async def _load(
         return None
     if call.call_sid is None and sid:
         call.call_sid = sid  # the callback beat place_call to storing the SID
-    project = await session.get(Project, call.project_id)
-    assert project is not None
-    return call, project
+    return call
 
 
 @router.post("/{call_id}/twiml", responses=_SIGNED, response_class=Response)
-async def call_twiml(call_id: uuid.UUID, params: Params, session: SessionDep) -> Response:
-    """What the call does when answered (TwiML)."""
-    loaded = await _load(session, call_id, params)
-    say = ""
-    if loaded is not None and loaded[0].first_message:
-        say = f"<Say>{escape(loaded[0].first_message)}</Say>"
-    twiml = f'<?xml version="1.0" encoding="UTF-8"?><Response>{say}<Hangup/></Response>'
-    return Response(twiml, media_type="application/xml")
+async def call_twiml(
+    call_id: uuid.UUID, params: Params, ctx: CtxDep, session: SessionDep
+) -> Response:
+    """What the call does when answered: ConversationRelay, connected to the agent (TwiML)."""
+    call = await _load(session, call_id, params)
+    if call is None:
+        return Response(twiml.hang_up(), media_type="application/xml")
+    agent = await session.get(Agent, call.agent_id) if call.agent_id else None
+    return Response(relay_twiml(ctx, call, agent), media_type="application/xml")
 
 
 @router.post("/{call_id}/status", status_code=204, responses=_SIGNED, response_class=Response)
 async def call_status(call_id: uuid.UUID, params: Params, session: SessionDep) -> Response:
     """Twilio's call-progress callback."""
-    loaded = await _load(session, call_id, params)
-    if loaded is not None:
-        await callbacks.apply_status(session, loaded[1], loaded[0], params)
+    call = await _load(session, call_id, params)
+    if call is not None:
+        await callbacks.apply_status(session, call, params)
     return Response(status_code=204)
 
 
 @router.post("/{call_id}/recording", status_code=204, responses=_SIGNED, response_class=Response)
 async def call_recording(call_id: uuid.UUID, params: Params, session: SessionDep) -> Response:
     """Twilio's recording-status callback."""
-    loaded = await _load(session, call_id, params)
-    if loaded is not None:
-        callbacks.apply_recording(loaded[0], params)
+    call = await _load(session, call_id, params)
+    if call is not None:
+        callbacks.apply_recording(call, params)
     return Response(status_code=204)
 
 
 @router.post("/{call_id}/amd", status_code=204, responses=_SIGNED, response_class=Response)
 async def call_amd(call_id: uuid.UUID, params: Params, session: SessionDep) -> Response:
     """Twilio's asynchronous answering-machine-detection callback."""
-    loaded = await _load(session, call_id, params)
-    if loaded is not None:
-        await callbacks.apply_amd(session, loaded[1], loaded[0], params)
+    call = await _load(session, call_id, params)
+    if call is not None:
+        await callbacks.apply_amd(session, call, params)
     return Response(status_code=204)

@@ -10,6 +10,7 @@ from functools import partial
 from app.call import callbacks
 from app.call.jobs import fetch_price
 from app.context import AppContext
+from app.conversation import analysis
 from app.db import make_engine, make_sessionmaker
 from app.jobs import webhooks
 from app.jobs.queue import wake_on_commit
@@ -28,6 +29,7 @@ async def job_handlers(ctx: AppContext) -> AsyncIterator[dict[str, Handler]]:
         yield {
             webhooks.KIND: deliver,
             callbacks.PRICE_JOB: partial(fetch_price, ctx),
+            analysis.ANALYZE_JOB: partial(analysis.run_analysis_job, ctx),
         }
 
 

@@ -2,6 +2,7 @@
 
 from app.models.agent import Agent
 from app.models.call import Call
+from app.models.call_analysis import CallAnalysis
 from app.models.idempotency_key import IdempotencyKey
 from app.models.job import Job
 from app.models.password_reset_token import PasswordResetToken
@@ -13,6 +14,7 @@ from app.models.user import User
 __all__ = [
     "Agent",
     "Call",
+    "CallAnalysis",
     "IdempotencyKey",
     "Job",
     "PasswordResetToken",

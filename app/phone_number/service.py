@@ -18,6 +18,7 @@ from app.telephony.errors import TelephonyNotConfigured
 
 # Where Twilio sends calls to an assigned number (served by the telephony routes).
 INBOUND_VOICE_PATH = "/twilio/voice/inbound"
+INBOUND_STATUS_PATH = "/twilio/voice/status"
 
 _TAKEN = "This number is already assigned to an agent outside this project."
 
@@ -75,8 +76,9 @@ async def assign_number(
     if owned.kind == "incoming":
         # Last, so a refusal above never leaves Twilio pointing at us for nothing; if this
         # fails, the whole request rolls back.
+        base = ctx.settings.public_base_url
         await telephony.point_voice_url(
-            owned.sid, ctx.settings.public_base_url + INBOUND_VOICE_PATH
+            owned.sid, base + INBOUND_VOICE_PATH, status_callback=base + INBOUND_STATUS_PATH
         )
     return number
 

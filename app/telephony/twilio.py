@@ -1,4 +1,4 @@
-"""The Twilio adapter: the only module that imports `twilio`.
+"""The Twilio adapter: with twiml.py, the only modules that import `twilio`.
 
 The official SDK does the talking; this module gives it an httpx transport that honours
 TWILIO_API_BASE_URL (so Twilio-compatible carriers and the test stand-in work), and turns what it
@@ -250,11 +250,15 @@ class TwilioAdapter:
                     return OwnedNumber(e164=e164, kind="caller_id", sid=str(rec.sid))
         return None
 
-    async def point_voice_url(self, number_sid: str, url: str) -> None:
-        """Send the incoming number's calls to `url` (POST)."""
+    async def point_voice_url(self, number_sid: str, url: str, status_callback: str) -> None:
+        """Send the incoming number's calls to `url` and their final status to
+        `status_callback` (both POST, signed)."""
         with self._errors():
             await self._client.incoming_phone_numbers(number_sid).update_async(
-                voice_url=url, voice_method="POST"
+                voice_url=url,
+                voice_method="POST",
+                status_callback=status_callback,
+                status_callback_method="POST",
             )
 
     async def create_call(

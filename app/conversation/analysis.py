@@ -1,0 +1,274 @@
+"""Post-call analysis: a summary, the callee's sentiment and typed answers to questions.
+
+The LLM answers with structured output (a strict JSON schema built from the questions), and
+every answer is checked again here, so a Boolean is always "Yes"/"No", a Number a number and a
+Selector one of its options, whatever server sits behind LLM_BASE_URL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from app.call import status as states
+from app.call.schemas import CallOut
+from app.context import AppContext
+from app.conversation.llm import LanguageModel, LLMError, Message
+from app.errors import Conflict, UpstreamError
+from app.jobs.webhooks import enqueue_call_event
+from app.jobs.worker import RetryLater
+from app.models import Agent, Call, CallAnalysis, Project
+
+log = logging.getLogger("talkstack.analysis")
+
+ANALYZE_JOB = "call.analyze"
+SENTIMENTS = ("positive", "neutral", "negative")
+# How long the analysis job waits for Twilio's final status after the conversation ended.
+FINAL_STATUS_WAIT_ATTEMPTS = 4
+
+Question = dict[str, Any]
+
+
+class LLMUnavailable(UpstreamError):
+    code = "LLM_UNAVAILABLE"
+
+
+def questions_key(questions: Sequence[Question], model: str) -> str:
+    canonical = json.dumps(
+        {"model": model, "questions": list(questions)}, sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _answer_schema(question: Question) -> dict[str, Any]:
+    kind = question["type"]
+    description = question["question"]
+    if kind == "Boolean":
+        return {"type": "string", "enum": ["Yes", "No"], "description": description}
+    if kind == "Number":
+        return {"type": "number", "description": description}
+    if kind == "Selector":
+        return {"type": "string", "enum": list(question["options"]), "description": description}
+    return {"type": "string", "description": description}
+
+
+def answer_schema(questions: Sequence[Question]) -> dict[str, Any]:
+    """The JSON schema of the analysis: strict (every property required, nothing else)."""
+    answers = {f"q{i + 1}": _answer_schema(q) for i, q in enumerate(questions)}
+    return {
+        "type": "object",
+        "properties": {
+            "summary": {"type": "string", "description": "Two or three sentences."},
+            "sentiment": {"type": "string", "enum": list(SENTIMENTS)},
+            "answers": {
+                "type": "object",
+                "properties": answers,
+                "required": list(answers),
+                "additionalProperties": False,
+            },
+        },
+        "required": ["summary", "sentiment", "answers"],
+        "additionalProperties": False,
+    }
+
+
+def render_transcript(transcript: Sequence[dict[str, Any]]) -> str:
+    lines = []
+    for turn in transcript:
+        if turn.get("role") == "user":
+            if turn.get("dtmf"):
+                lines.append(f"Callee: (pressed {turn['dtmf']} on the keypad)")
+            else:
+                lines.append(f"Callee: {turn.get('text', '')}")
+        else:
+            cut = " (interrupted by the callee)" if turn.get("interrupted") else ""
+            lines.append(f"Agent{cut}: {turn.get('text', '')}")
+    return "\n".join(lines)
+
+
+def analysis_messages(
+    transcript: Sequence[dict[str, Any]], questions: Sequence[Question]
+) -> list[Message]:
+    asked = "\n".join(
+        f"q{i + 1} ({q['type']}): {q['question']}"
+        + (f" Options: {'; '.join(q['options'])}" if q.get("options") else "")
+        for i, q in enumerate(questions)
+    )
+    instructions = (
+        "You analyse the transcript of a phone call between an AI agent and a callee. Write "
+        "a short summary of the call, judge the callee's sentiment, and answer each question "
+        "from the transcript alone. Boolean questions are answered Yes or No; Number questions "
+        "with a number (0 when the call gives none); Selector questions with exactly one of "
+        "their options."
+    )
+    content = f"Transcript:\n{render_transcript(transcript)}"
+    if asked:
+        content += f"\n\nQuestions:\n{asked}"
+    return [{"role": "system", "content": instructions}, {"role": "user", "content": content}]
+
+
+def _answer(question: Question, raw: Any) -> Any:
+    kind = question["type"]
+    if kind == "Boolean":
+        if isinstance(raw, bool):
+            return "Yes" if raw else "No"
+        text = str(raw).strip().lower()
+        if text in ("yes", "true", "y"):
+            return "Yes"
+        if text in ("no", "false", "n"):
+            return "No"
+    elif kind == "Number":
+        if isinstance(raw, bool):
+            raise LLMError(f"not a number for {question['question']!r}")
+        try:
+            number = float(raw)
+        except (TypeError, ValueError):
+            pass
+        else:
+            if math.isfinite(number):
+                return int(number) if number.is_integer() else number
+    elif kind == "Selector":
+        options = list(question["options"])
+        if raw in options:
+            return raw
+        matches = [o for o in options if o.strip().lower() == str(raw).strip().lower()]
+        if len(matches) == 1:
+            return matches[0]
+    elif isinstance(raw, str):
+        return raw.strip()
+    raise LLMError(
+        f"the LLM's answer {raw!r} does not fit {kind} question {question['question']!r}"
+    )
+
+
+def shape(raw: dict[str, Any], questions: Sequence[Question]) -> dict[str, Any]:
+    """The analysis as the API shows it, with every answer checked against its question."""
+    sentiment = str(raw.get("sentiment", "")).strip().lower()
+    if sentiment not in SENTIMENTS:
+        raise LLMError(f"unknown sentiment {raw.get('sentiment')!r}")
+    summary = raw.get("summary")
+    if not isinstance(summary, str):
+        raise LLMError("the analysis has no summary")
+    given = raw.get("answers")
+    if not isinstance(given, dict):
+        given = {}
+    answers = []
+    for i, q in enumerate(questions):
+        key = f"q{i + 1}"
+        if key not in given:
+            raise LLMError(f"the LLM did not answer {q['question']!r}")
+        answers.append(
+            {"question": q["question"], "type": q["type"], "answer": _answer(q, given[key])}
+        )
+    return {"summary": summary.strip(), "sentiment": sentiment, "answers": answers}
+
+
+async def analyse(
+    llm: LanguageModel, transcript: Sequence[dict[str, Any]], questions: Sequence[Question]
+) -> dict[str, Any]:
+    raw = await llm.structured(
+        analysis_messages(transcript, questions),
+        name="call_analysis",
+        schema=answer_schema(questions),
+    )
+    return shape(raw, questions)
+
+
+def has_conversation(transcript: Sequence[dict[str, Any]]) -> bool:
+    return any(turn.get("role") == "user" for turn in transcript)
+
+
+# -- after a call: the background job -------------------------------------------------------
+
+
+async def run_analysis_job(ctx: AppContext, job: Any) -> None:
+    """Answer the agent's questions into the call's `data`, then tell the project's webhook."""
+    call_id = uuid.UUID(job.payload["call_id"])
+    async with ctx.sessionmaker() as session:
+        call = await session.get(Call, call_id)
+        if call is None or not has_conversation(call.transcript):
+            return
+        if call.status not in states.FINAL and job.attempts < FINAL_STATUS_WAIT_ATTEMPTS:
+            # The conversation is over; Twilio's final status follows within seconds.
+            raise RetryLater(delay=5.0 * job.attempts, reason="waiting for the final status")
+        agent = await session.get(Agent, call.agent_id) if call.agent_id else None
+        questions = list(agent.analysis_questions) if agent is not None else []
+        transcript = list(call.transcript)
+    try:
+        result = await analyse(ctx.llm, transcript, questions)
+    except LLMError as exc:
+        raise RetryLater(delay=None, reason=str(exc)) from exc
+    key = questions_key(questions, ctx.llm.model)
+    async with ctx.sessionmaker() as session, session.begin():
+        call = await session.get(Call, call_id, with_for_update=True)
+        if call is None:
+            return
+        call.data = result
+        await _remember(session, call_id, key, result)
+        project = await session.get(Project, call.project_id)
+        if project is not None:
+            await enqueue_call_event(
+                session, project=project, event="call.analyzed", call=CallOut.of(call).public()
+            )
+
+
+async def _remember(session: Any, call_id: uuid.UUID, key: str, result: dict[str, Any]) -> None:
+    existing = await session.scalar(
+        select(CallAnalysis).where(
+            CallAnalysis.call_id == call_id, CallAnalysis.questions_key == key
+        )
+    )
+    if existing is None:
+        session.add(CallAnalysis(call_id=call_id, questions_key=key, result=result))
+    else:
+        existing.result = result
+
+
+# -- on demand: POST /call/analysis ----------------------------------------------------------
+
+
+async def analysis_on_demand(
+    ctx: AppContext, call: Call, questions: Sequence[Question] | None
+) -> dict[str, Any]:
+    """Answer `questions` (or the agent's) about a finished call; identical asks are cached.
+
+    `call` is owned by the caller (checked by the router). The LLM is asked with no database
+    connection held.
+    """
+    if call.status not in states.FINAL:
+        raise Conflict("The call is still in progress.", code="CALL_IN_PROGRESS")
+    if not has_conversation(call.transcript):
+        raise Conflict("The call has no transcript to analyse.", code="NO_TRANSCRIPT")
+    call_id = call.id
+    async with ctx.sessionmaker() as session:
+        if not questions:
+            agent = await session.get(Agent, call.agent_id) if call.agent_id else None
+            questions = list(agent.analysis_questions) if agent is not None else []
+        key = questions_key(questions, ctx.llm.model)
+        cached = await session.scalar(
+            select(CallAnalysis.result).where(
+                CallAnalysis.call_id == call_id, CallAnalysis.questions_key == key
+            )
+        )
+    if cached is not None:
+        return dict(cached)
+    try:
+        result = await analyse(ctx.llm, list(call.transcript), questions)
+    except LLMError as exc:
+        log.warning("analysis of call %s failed: %s", call.call_sid, exc)
+        raise LLMUnavailable("The language model could not analyse the call; try again.") from exc
+    async with ctx.sessionmaker() as session:
+        session.add(CallAnalysis(call_id=call_id, questions_key=key, result=result))
+        try:
+            await session.commit()
+        except IntegrityError:
+            await session.rollback()  # the same question answered at the same moment: keep one
+    return result

@@ -1,0 +1,309 @@
+"""Twilio's side of the conversation: the ConversationRelay socket, its end, inbound calls.
+
+Not for users. Every request proves itself with X-Twilio-Signature (the socket's upgrade
+request too): a bad or missing signature is 403 and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Response, WebSocket, WebSocketDisconnect
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.call import callbacks
+from app.call import status as states
+from app.call.events import call_changed
+from app.call.render import PLACEHOLDER
+from app.call.twilio_router import _SIGNED, Params
+from app.context import AppContext
+from app.conversation.analysis import ANALYZE_JOB, has_conversation
+from app.conversation.documents import RELAY_PATH, relay_twiml, ws_base
+from app.conversation.session import Conversation, Script, Timing
+from app.deps import CtxDep, SessionDep
+from app.errors import AppError
+from app.jobs.queue import enqueue
+from app.models import Agent, Call, PhoneNumber, Project
+from app.phone import to_e164
+from app.telephony import twiml
+
+log = logging.getLogger("talkstack.conversation.relay")
+
+router = APIRouter(tags=["twilio"])
+
+NO_AGENT_MESSAGE = "Sorry, this number cannot take your call right now. Goodbye."
+# Twilio's WebSocket close code for "policy violation": what a bad signature gets.
+_POLICY = 1008
+
+
+def _xml(document: str) -> Response:
+    return Response(document, media_type="application/xml")
+
+
+# -- the socket ----------------------------------------------------------------------------
+
+
+@router.websocket(RELAY_PATH)
+async def relay(websocket: WebSocket, call_id: uuid.UUID) -> None:
+    """ConversationRelay's WebSocket for one call."""
+    ctx: AppContext = websocket.app.state.ctx
+    telephony = ctx.telephony
+    url = ws_base(ctx.settings.public_base_url) + websocket.url.path
+    if websocket.url.query:
+        url += "?" + websocket.url.query
+    signature = websocket.headers.get("x-twilio-signature")
+    if telephony is None or not telephony.valid_signature(url, {}, signature):
+        log.warning("refused a relay socket with a bad signature for call %s", call_id)
+        await websocket.close(code=_POLICY)  # before accept: the client gets HTTP 403
+        return
+    loaded = await _live_call(ctx, call_id)
+    if loaded is None:
+        log.warning("relay socket for unknown or finished call %s refused", call_id)
+        await websocket.close(code=_POLICY)
+        return
+    call, agent = loaded
+    await websocket.accept()
+    saver = TranscriptSaver(ctx, call_id)
+    settings = ctx.settings
+    conversation = Conversation(
+        Script(
+            system_instruction=call.system_instruction,
+            first_message=call.first_message,
+            language=agent.language,
+            max_duration_seconds=agent.max_call_duration_seconds,
+        ),
+        ctx.llm,
+        _sender(websocket),
+        timing=Timing(
+            silence_seconds=settings.conversation_silence_seconds,
+            reprompts=settings.conversation_reprompts,
+            speech_chars_per_second=settings.conversation_speech_chars_per_second,
+        ),
+        on_turn=saver.later,
+    )
+    try:
+        await conversation.run(_messages(websocket, call.call_sid))
+    finally:
+        await saver.finish(conversation)
+        with contextlib.suppress(Exception):
+            await websocket.close()
+
+
+async def _live_call(ctx: AppContext, call_id: uuid.UUID) -> tuple[Call, Agent] | None:
+    async with ctx.sessionmaker() as session:
+        call = await session.get(Call, call_id)
+        if call is None or call.status in states.FINAL or call.agent_id is None:
+            return None
+        agent = await session.get(Agent, call.agent_id)
+        if agent is None:
+            return None
+        return call, agent
+
+
+def _sender(websocket: WebSocket) -> Any:
+    async def send(message: dict[str, Any]) -> None:
+        await websocket.send_text(json.dumps(message, ensure_ascii=False))
+
+    return send
+
+
+async def _messages(websocket: WebSocket, call_sid: str | None) -> AsyncIterator[dict[str, Any]]:
+    while True:
+        try:
+            raw = await websocket.receive_text()
+        except (WebSocketDisconnect, RuntimeError):
+            return
+        try:
+            message = json.loads(raw)
+        except ValueError:
+            log.warning("unreadable ConversationRelay message ignored")
+            continue
+        if not isinstance(message, dict):
+            continue
+        if message.get("type") == "setup" and call_sid and message.get("callSid") != call_sid:
+            log.warning("relay setup for call %s names another CallSid", call_sid)
+            return
+        yield message
+
+
+class TranscriptSaver:
+    """Saves the transcript after each turn, off the conversation's critical path.
+
+    Writes run one at a time in the background; a write older than one already made is
+    skipped. `finish` waits for them, then writes the final transcript and the outcome.
+    """
+
+    def __init__(self, ctx: AppContext, call_id: uuid.UUID) -> None:
+        self._ctx = ctx
+        self._call_id = call_id
+        self._lock = asyncio.Lock()
+        self._version = 0
+        self._written = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def later(self, transcript: list[dict[str, Any]]) -> None:
+        self._version += 1
+        task = asyncio.create_task(self._write(self._version, copy.deepcopy(transcript)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write(self, version: int, transcript: list[dict[str, Any]]) -> None:
+        async with self._lock:
+            if version <= self._written:
+                return
+            try:
+                async with self._ctx.sessionmaker() as session, session.begin():
+                    await session.execute(
+                        update(Call).where(Call.id == self._call_id).values(transcript=transcript)
+                    )
+                self._written = version
+            except Exception:
+                log.exception("saving the transcript of call %s failed", self._call_id)
+
+    async def finish(self, conversation: Conversation) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        async with self._lock, self._ctx.sessionmaker() as session, session.begin():
+            call = await session.get(Call, self._call_id, with_for_update=True)
+            if call is None:
+                return
+            call.transcript = copy.deepcopy(conversation.transcript)
+            reason = conversation.ended_reason
+            if reason is not None:
+                call.ended_reason = reason
+                refined = states.final_status(call.status, call.answered_by, reason)
+                if refined != call.status:
+                    call.status = refined
+                    await call_changed(session, call)
+            if has_conversation(conversation.transcript):
+                await enqueue(
+                    session,
+                    kind=ANALYZE_JOB,
+                    payload={"call_id": str(call.id)},
+                    project_id=call.project_id,
+                    max_attempts=8,
+                )
+
+
+# -- Twilio's requests ---------------------------------------------------------------------
+
+
+@router.post(
+    "/twilio/calls/{call_id}/relay-ended",
+    responses=_SIGNED,
+    response_class=Response,
+    summary="Relay Ended",
+)
+async def relay_ended(call_id: uuid.UUID, params: Params) -> Response:
+    """ConversationRelay's session is over (the agent or Twilio ended it): hang up."""
+    log.info(
+        "relay for call %s ended: %s %s",
+        call_id,
+        params.get("SessionStatus", ""),
+        params.get("HandoffData", ""),
+    )
+    return _xml(twiml.hang_up())
+
+
+@router.post("/twilio/voice/inbound", responses=_SIGNED, response_class=Response)
+async def inbound_call(params: Params, ctx: CtxDep, session: SessionDep) -> Response:
+    """A call to one of our numbers: its agent answers, or a polite goodbye if it has none."""
+    sid = params.get("CallSid", "")
+    to, caller = _number(params.get("To", "")), _number(params.get("From", ""))
+    target = await _inbound_target(session, to) if sid else None
+    if target is None:
+        log.info("inbound call %s to %s: no agent answers this number", sid, to)
+        return _xml(twiml.say_and_hang_up(NO_AGENT_MESSAGE))
+    number, agent, project = target
+    call = await _inbound_call_row(session, sid)
+    if call is None:
+        variables = {"from": caller, "to": to}
+        call = Call(
+            call_sid=sid,
+            user_id=project.user_id,
+            project_id=project.id,
+            agent_id=agent.id,
+            direction="inbound",
+            to_number=to,
+            from_number=caller,
+            status=_initial_status(params.get("CallStatus", "")),
+            dynamic_variables=variables,
+            system_instruction=render_lenient(agent.system_instruction, variables) or "",
+            first_message=render_lenient(agent.first_message, variables),
+        )
+        try:
+            async with session.begin_nested():
+                session.add(call)
+        except IntegrityError:
+            # Twilio retried the webhook while the first attempt was being answered.
+            call = await _inbound_call_row(session, sid)
+            assert call is not None
+        else:
+            await call_changed(session, call)
+    log.info("inbound call %s to %s answered by agent %s", sid, number.e164, agent.id)
+    return _xml(relay_twiml(ctx, call, agent))
+
+
+@router.post("/twilio/voice/status", status_code=204, responses=_SIGNED, response_class=Response)
+async def inbound_status(params: Params, session: SessionDep) -> Response:
+    """An inbound call's status (the number's StatusCallback): the final status and duration."""
+    sid = params.get("CallSid", "")
+    call = await _inbound_call_row(session, sid, lock=True) if sid else None
+    if call is None:
+        log.warning("status callback for unknown inbound call %s ignored", sid)
+    else:
+        await callbacks.apply_status(session, call, params)
+    return Response(status_code=204)
+
+
+async def _inbound_call_row(session: AsyncSession, sid: str, *, lock: bool = False) -> Call | None:
+    query = select(Call).where(Call.call_sid == sid)
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+def _initial_status(twilio_status: str) -> str:
+    return twilio_status if twilio_status in ("ringing", "in-progress") else "ringing"
+
+
+async def _inbound_target(
+    session: AsyncSession, to: str
+) -> tuple[PhoneNumber, Agent, Project] | None:
+    row = (
+        await session.execute(
+            select(PhoneNumber, Agent, Project)
+            .join(Agent, Agent.id == PhoneNumber.agent_id)
+            .join(Project, Project.id == PhoneNumber.project_id)
+            .where(
+                PhoneNumber.e164 == to,
+                Agent.is_deleted.is_(False),
+                Project.is_deleted.is_(False),
+            )
+        )
+    ).one_or_none()
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def render_lenient(template: str | None, variables: dict[str, str]) -> str | None:
+    """Fill what is known; a placeholder nobody can fill on an inbound call becomes empty."""
+    if template is None:
+        return None
+    return PLACEHOLDER.sub(lambda m: variables.get(m.group(1), ""), template)
+
+
+def _number(value: str) -> str:
+    """Twilio's From/To as E.164 where possible (an anonymous caller's is not a number)."""
+    try:
+        return to_e164(value)
+    except AppError:
+        return value.strip()[:16]

@@ -1,0 +1,391 @@
+"""One live call's conversation, spoken over Twilio ConversationRelay.
+
+Twilio does speech recognition and synthesis; this class decides what the agent says. It reads
+ConversationRelay's messages (`setup`, `prompt`, `interrupt`, `dtmf`, `error`), streams each
+reply from the LLM to Twilio token by token (`text`, `last` on the final one), and ends the
+call (`end`) when the agent calls its `end_call` tool, at the agent's maximum call duration,
+after the callee stays silent past the reprompts, or when the LLM fails (after an apology).
+
+It knows nothing of WebSockets or databases: it is given a `send` coroutine and the incoming
+messages, and reports each finished turn through `on_turn` (the caller saves the transcript).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from app.conversation.llm import LanguageModel, LLMError, Message, TextDelta, ToolCall
+
+log = logging.getLogger("talkstack.conversation")
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+OnTurn = Callable[[list[dict[str, Any]]], Awaitable[None]]
+
+END_CALL_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "end_call",
+        "description": "Hang up the phone call. Use it after saying goodbye, when the "
+        "conversation is over or the callee asks to end it.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "reason": {"type": "string", "description": "Why the call ends, in a few words."}
+            },
+            "required": [],
+            "additionalProperties": False,
+        },
+    },
+}
+
+VOICE_GUIDANCE = (
+    "You are speaking on a live phone call; your words are turned into speech. Answer in "
+    "short, natural spoken sentences, with no lists, markdown, emojis or URLs. Speak in the "
+    "language {language}. When the conversation is over, say goodbye and call the end_call "
+    "tool."
+)
+REPROMPT_NUDGE = (
+    "The callee has said nothing for a while. Briefly and politely check whether they are "
+    "still on the line; do not repeat your previous answer."
+)
+
+# What the agent says when the LLM fails mid-call: short, then a clean hang-up.
+APOLOGIES = {
+    "en": "I'm sorry, I'm having technical trouble and have to end this call. Goodbye.",
+    "es": "Lo siento, tengo un problema técnico y debo terminar la llamada. Adiós.",
+    "fr": "Je suis désolé, j'ai un problème technique et je dois mettre fin à l'appel. Au revoir.",
+    "de": "Es tut mir leid, ich habe ein technisches Problem und muss das Gespräch beenden. "
+    "Auf Wiederhören.",
+    "it": "Mi dispiace, ho un problema tecnico e devo terminare la chiamata. Arrivederci.",
+    "pt": "Desculpe, estou com um problema técnico e preciso encerrar a chamada. Adeus.",
+    "nl": "Het spijt me, ik heb een technisch probleem en moet het gesprek beëindigen. Dag.",
+}
+
+
+def apology(language: str) -> str:
+    return APOLOGIES.get(language.split("-", 1)[0].lower(), APOLOGIES["en"])
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Script:
+    """What the conversation needs from the call and its agent."""
+
+    system_instruction: str
+    first_message: str | None
+    language: str = "en-US"
+    max_duration_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class Timing:
+    silence_seconds: float = 6.0
+    reprompts: int = 2
+    speech_chars_per_second: float = 15.0
+
+    def speech_seconds(self, text: str) -> float:
+        """Roughly how long Twilio takes to say `text` (its speech is not reported back)."""
+        return len(text) / self.speech_chars_per_second
+
+
+class Conversation:
+    def __init__(
+        self,
+        script: Script,
+        llm: LanguageModel,
+        send: Send,
+        *,
+        timing: Timing | None = None,
+        on_turn: OnTurn | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.script = script
+        self.llm = llm
+        self._send = send
+        self.timing = timing or Timing()
+        self._on_turn = on_turn
+        self._clock = clock
+        system = script.system_instruction.strip()
+        guidance = VOICE_GUIDANCE.format(language=script.language)
+        self.history: list[Message] = [{"role": "system", "content": f"{system}\n\n{guidance}"}]
+        self.transcript: list[dict[str, Any]] = []
+        self.ended_reason: str | None = None
+        self.setup: dict[str, Any] = {}
+        # The agent turn the callee may still be hearing: (transcript index, history index).
+        self._speaking: tuple[int, int] | None = None
+        self._reply: asyncio.Task[None] | None = None
+        self._pending_prompt: list[str] = []
+        self._silent_since: float | None = None
+        self._reprompts_done = 0
+        self._deadline: float | None = None
+        self._changed = asyncio.Event()
+        self._done = asyncio.Event()
+        self._ending: asyncio.Task[None] | None = None
+        # Per turn: seconds from the callee's prompt to the first token sent, and the LLM's own
+        # time to its first token (the benchmark subtracts one from the other).
+        self.turn_latencies: list[tuple[float, float]] = []
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self, messages: AsyncIterator[dict[str, Any]]) -> None:
+        """Converse until the call ends (either side) or `messages` runs out."""
+        reader = asyncio.create_task(self._read(messages), name="relay-read")
+        watchdog = asyncio.create_task(self._watch(), name="relay-watchdog")
+        done_waiter = asyncio.create_task(self._done.wait(), name="relay-done")
+        try:
+            await asyncio.wait({reader, done_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, watchdog, done_waiter, self._reply, self._ending):
+                if task is not None and not task.done():
+                    task.cancel()
+            for task in (reader, watchdog, done_waiter, self._reply, self._ending):
+                if task is not None:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                log.warning("relay reader failed: %r", reader.exception())
+
+    async def _read(self, messages: AsyncIterator[dict[str, Any]]) -> None:
+        async for message in messages:
+            await self.handle(message)
+
+    async def handle(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "setup":
+            self._on_setup(message)
+        elif kind == "prompt":
+            await self._on_prompt(message)
+        elif kind == "interrupt":
+            await self._on_interrupt(message)
+        elif kind == "dtmf":
+            await self._on_dtmf(message)
+        elif kind == "error":
+            log.warning("ConversationRelay reported an error: %s", message.get("description"))
+        else:
+            log.info("ConversationRelay message of unknown type %r ignored", kind)
+        self._changed.set()
+
+    # -- Twilio's messages ---------------------------------------------------------------------
+
+    def _on_setup(self, message: dict[str, Any]) -> None:
+        if self.setup:
+            return
+        self.setup = message
+        now = self._clock()
+        self._deadline = now + self.script.max_duration_seconds
+        greeting = self.script.first_message
+        if greeting:
+            # Twilio speaks the welcome greeting itself (the TwiML's welcomeGreeting).
+            self.history.append({"role": "assistant", "content": greeting})
+            self._append({"role": "agent", "text": greeting, "interrupted": False})
+            self._speaking = (len(self.transcript) - 1, len(self.history) - 1)
+            self._silent_since = now + self.timing.speech_seconds(greeting)
+        else:
+            self._silent_since = now
+
+    async def _on_prompt(self, message: dict[str, Any]) -> None:
+        received = self._clock()
+        self._pending_prompt.append(str(message.get("voicePrompt") or ""))
+        if message.get("last") is False:
+            return  # a partial prompt: the callee is still speaking
+        text = " ".join(p.strip() for p in self._pending_prompt if p.strip())
+        self._pending_prompt.clear()
+        if not text:
+            return
+        await self._stop_reply(heard=None)
+        self._silent_since = None
+        self._reprompts_done = 0
+        self._speaking = None
+        self.history.append({"role": "user", "content": text})
+        self._append({"role": "user", "text": text})
+        self._start_reply(received=received)
+
+    async def _on_interrupt(self, message: dict[str, Any]) -> None:
+        heard = str(message.get("utteranceUntilInterrupt") or "")
+        await self._stop_reply(heard=heard)
+        if self._speaking is not None:
+            t_index, h_index = self._speaking
+            turn = self.transcript[t_index]
+            turn.setdefault("generatedText", turn["text"])
+            turn["text"] = heard
+            turn["interrupted"] = True
+            self.history[h_index]["content"] = heard
+            self._speaking = None
+            await self._report()
+        self._silent_since = None  # the callee is talking
+
+    async def _on_dtmf(self, message: dict[str, Any]) -> None:
+        digit = str(message.get("digit") or "")[:8]
+        if not digit:
+            return
+        received = self._clock()
+        await self._stop_reply(heard=None)
+        self._silent_since = None
+        self._reprompts_done = 0
+        pressed = f"(The callee pressed {digit} on the keypad.)"
+        self.history.append({"role": "user", "content": pressed})
+        self._append({"role": "user", "text": "", "dtmf": digit})
+        self._start_reply(received=received)
+
+    # -- the agent's replies --------------------------------------------------------------------
+
+    def _start_reply(self, *, received: float, nudge: str | None = None) -> None:
+        if self.ended_reason is not None:
+            return
+        self._reply = asyncio.create_task(self._speak(received, nudge), name="relay-reply")
+
+    async def _stop_reply(self, *, heard: str | None) -> None:
+        """Cancel a running reply (its completion is cancelled with it)."""
+        task, self._reply = self._reply, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _speak(self, received: float, nudge: str | None) -> None:
+        messages = self.history if nudge is None else [*self.history, _system(nudge)]
+        started = _now_iso()
+        parts: list[str] = []
+        end_call: ToolCall | None = None
+        llm_started = self._clock()
+        llm_first: float | None = None
+        turn: dict[str, Any] = {"role": "agent", "text": "", "interrupted": False}
+        if nudge is not None:
+            turn["reprompt"] = True
+        t_index: int | None = None
+        try:
+            async for item in self.llm.stream_turn(messages, tools=[END_CALL_TOOL]):
+                if isinstance(item, TextDelta):
+                    if llm_first is None:
+                        llm_first = self._clock()
+                        # The turn exists from its first word: an interrupt may come any time.
+                        message: Message = {"role": "assistant", "content": ""}
+                        self.history.append(message)
+                        t_index = self._append(turn, started=started)
+                        self._speaking = (t_index, len(self.history) - 1)
+                    parts.append(item.text)
+                    turn["text"] = message["content"] = "".join(parts)
+                    await self._send({"type": "text", "token": item.text, "last": False})
+                    if len(parts) == 1:
+                        sent = self._clock()
+                        self.turn_latencies.append((sent - received, llm_first - llm_started))
+                elif item.name == "end_call":
+                    end_call = item
+            text = "".join(parts)
+            if parts:
+                await self._send({"type": "text", "token": "", "last": True})
+        except LLMError as exc:
+            log.warning("LLM failed mid-call: %s", exc)
+            await self._fail(turn, parts, started)
+            return
+        except asyncio.CancelledError:
+            # Cut off: `_on_interrupt` records what the callee actually heard.
+            if t_index is not None:
+                turn["endedAt"] = _now_iso()
+                turn["interrupted"] = True
+            raise
+        if t_index is None and not end_call:
+            # An empty answer: nothing was said; listen again.
+            self._silent_since = self._clock()
+            return
+        if t_index is not None:
+            turn["endedAt"] = _now_iso()
+            await self._report()
+        speech = self.timing.speech_seconds(text)
+        if end_call is not None:
+            reason = str(end_call.arguments.get("reason") or "")[:200]
+            if reason:
+                turn["endCallReason"] = reason
+            self.end("agent-ended", after=speech)
+        else:
+            self._silent_since = self._clock() + speech
+            self._changed.set()
+
+    async def _fail(self, turn: dict[str, Any], parts: list[str], started: str) -> None:
+        """Say a short apology and hang up: never a dead line."""
+        if parts:
+            turn["endedAt"] = _now_iso()
+        sorry = apology(self.script.language)
+        try:
+            await self._send({"type": "text", "token": sorry, "last": True})
+        except Exception:  # the socket is gone: nothing to say it on
+            log.info("could not send the apology: the relay socket is closed")
+        self._append({"role": "agent", "text": sorry, "interrupted": False, "error": True})
+        await self._report()
+        self.end("llm-error", after=self.timing.speech_seconds(sorry))
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def end(self, reason: str, *, after: float = 0.0) -> None:
+        """End the call once the agent's last words are said (`after` seconds)."""
+        if self.ended_reason is not None:
+            return
+        self.ended_reason = reason
+        self._ending = asyncio.create_task(self._end_after(reason, after), name="relay-end")
+
+    async def _end_after(self, reason: str, delay: float) -> None:
+        try:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._send({"type": "end", "handoffData": json.dumps({"reason": reason})})
+        finally:
+            self._done.set()
+
+    async def _watch(self) -> None:
+        """Max call duration and the callee's silence."""
+        while self.ended_reason is None:
+            now = self._clock()
+            wake: float | None = None
+            if self._deadline is not None:
+                if now >= self._deadline:
+                    await self._stop_reply(heard=None)
+                    self.end("max-duration")
+                    return
+                wake = self._deadline
+            if self._silent_since is not None and (self._reply is None or self._reply.done()):
+                due = self._silent_since + self.timing.silence_seconds
+                if now >= due:
+                    if self._reprompts_done < self.timing.reprompts:
+                        self._reprompts_done += 1
+                        self._silent_since = None
+                        self._start_reply(received=now, nudge=REPROMPT_NUDGE)
+                        continue
+                    self.end("silence")
+                    return
+                wake = due if wake is None else min(wake, due)
+            self._changed.clear()
+            timeout = None if wake is None else max(0.0, wake - self._clock())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+
+    # -- the transcript --------------------------------------------------------------------
+
+    def _append(self, turn: dict[str, Any], *, started: str | None = None) -> int:
+        turn.setdefault("startedAt", started or _now_iso())
+        self.transcript.append(turn)
+        if turn["role"] == "user":
+            turn.setdefault("endedAt", turn["startedAt"])
+        return len(self.transcript) - 1
+
+    async def _report(self) -> None:
+        if self._on_turn is not None:
+            try:
+                await self._on_turn(self.transcript)
+            except Exception:
+                log.exception("saving the transcript failed")
+
+
+def _system(content: str) -> Message:
+    return {"role": "system", "content": content}

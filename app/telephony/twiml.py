@@ -1,0 +1,56 @@
+"""TwiML documents, written with the official SDK's builder (escaping included)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+
+@dataclass(frozen=True)
+class RelaySpec:
+    """How Twilio should run the conversation: where to connect, which voice, what to say."""
+
+    websocket_url: str
+    action_url: str
+    voice_id: str
+    language: str
+    welcome_greeting: str | None = None
+    parameters: Mapping[str, str] = field(default_factory=dict)
+
+
+def conversation_relay(spec: RelaySpec) -> str:
+    """`<Connect><ConversationRelay>`: Twilio transcribes the callee and speaks our text tokens
+    with ElevenLabs; either side may interrupt; keypad presses are reported."""
+    response = VoiceResponse()
+    connect = Connect(action=spec.action_url, method="POST")
+    attributes: dict[str, str] = {}
+    if spec.welcome_greeting:
+        attributes["welcome_greeting"] = spec.welcome_greeting
+        attributes["welcome_greeting_interruptible"] = "any"
+    relay = connect.conversation_relay(
+        url=spec.websocket_url,
+        tts_provider="ElevenLabs",
+        voice=spec.voice_id,
+        language=spec.language,
+        interruptible="any",
+        dtmf_detection=True,
+        **attributes,
+    )
+    for name, value in spec.parameters.items():
+        relay.parameter(name=name, value=value)
+    response.append(connect)
+    return str(response.to_xml())
+
+
+def say_and_hang_up(text: str | None, language: str = "en-US") -> str:
+    response = VoiceResponse()
+    if text:
+        response.say(text, language=language)
+    response.hangup()
+    return str(response.to_xml())
+
+
+def hang_up() -> str:
+    return say_and_hang_up(None)
