@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app.models import Agent, PhoneNumber, Project, User
+from app.models import Agent, Call, CallAnalysis, Job, PhoneNumber, Project, User
 from tests.factories import api_key_for, verified_account
 
 NUMBER = "+14155550100"
@@ -27,17 +27,24 @@ async def snapshot(app) -> list[dict[str, Any]]:
     """Every row of every table these endpoints can touch, as plain values."""
     out = []
     async with app.state.ctx.sessionmaker() as s:
-        for model in (User, Project, Agent, PhoneNumber):
+        for model in (User, Project, Agent, PhoneNumber, Call, CallAnalysis, Job):
             for row in (await s.execute(select(model))).scalars():
                 out.append({c.key: getattr(row, c.key) for c in model.__table__.columns})
     return sorted(out, key=lambda r: str(r["id"]))
 
 
 def attempts(
-    pid: str, aid: str, nid: str, own_pid: str, own_aid: str
+    pid: str, aid: str, nid: str, own_pid: str, own_aid: str, sid: str
 ) -> list[tuple[str, str, Any]]:
     hook = "https://93.184.216.34/hook"
+    callee = "+14155550123"
     return [
+        ("POST", "/call/makeCall", {"number": callee, "projectId": pid, "agentId": aid}),
+        ("POST", "/call/makeCall", {"number": callee, "projectId": own_pid, "agentId": aid}),
+        ("POST", "/call", {"sid": sid}),
+        ("POST", "/call", {"callSid": sid, "projectId": pid}),
+        ("POST", "/call/get-call-history", {"projectId": pid}),
+        ("POST", "/call/analysis", {"sid": sid}),
         ("GET", f"/project/{pid}", None),
         ("PUT", f"/project/{pid}", {"name": "mine now", "webhookUrl": hook}),
         ("DELETE", f"/project/{pid}", {"cascade": True}),
@@ -86,6 +93,12 @@ async def test_another_users_ids_are_404_and_change_nothing(client, mailbox, app
     aid = r.json()["data"]["id"]
     r = await client.post("/phone-number", json={"agentId": aid}, headers=a_key)
     nid = r.json()["data"]["id"]
+    r = await client.post(
+        "/call/makeCall",
+        json={"number": "+14155550123", "projectId": pid, "agentId": aid},
+        headers=a_key,
+    )
+    sid = r.json()["call"]["call_id"]
     await client.patch(
         "/project/active-agent", json={"projectId": pid, "active_agent": aid}, headers=a_key
     )
@@ -104,8 +117,8 @@ async def test_another_users_ids_are_404_and_change_nothing(client, mailbox, app
     before = await snapshot(app)
     twilio_calls = len(twilio_standin.requests)
     missing = str(uuid.uuid4())
-    theirs = attempts(pid, aid, nid, own_pid, own_aid)
-    nothing = attempts(missing, missing, missing, own_pid, own_aid)
+    theirs = attempts(pid, aid, nid, own_pid, own_aid, sid)
+    nothing = attempts(missing, missing, missing, own_pid, own_aid, "CA" + "0" * 32)
     for (method, path, body), (_, missing_path, missing_body) in zip(theirs, nothing, strict=True):
         r = await client.request(method, path, json=body, headers=b_key)
         assert r.status_code == 404, (method, path, body, r.text)
