@@ -1,6 +1,7 @@
 """Every ORM model, one module per table; importing this package registers them all."""
 
 from app.models.agent import Agent
+from app.models.batch import Batch, BatchRow
 from app.models.call import Call
 from app.models.call_analysis import CallAnalysis
 from app.models.idempotency_key import IdempotencyKey
@@ -13,6 +14,8 @@ from app.models.user import User
 
 __all__ = [
     "Agent",
+    "Batch",
+    "BatchRow",
     "Call",
     "CallAnalysis",
     "IdempotencyKey",
