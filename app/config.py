@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     webhook_retry_base_seconds: Annotated[float, Field(ge=0)] = 60.0
     batch_calls_per_second: Annotated[float, Field(gt=0)] = 1.0
     batch_max_concurrent_calls: Annotated[int, Field(ge=1)] = 10
+    # A batch.dial job dials for this long, then queues its continuation (any worker takes it).
+    batch_slice_seconds: Annotated[float, Field(gt=0)] = 20.0
+    # Tries of a row whose dial failed with Twilio unreachable (not placed, checked with Twilio).
+    batch_dial_max_attempts: Annotated[int, Field(ge=1)] = 5
+    batch_retry_base_seconds: Annotated[float, Field(ge=0)] = 5.0
 
     # Background jobs (app/jobs): run inside each API process, unless a separate
     # `talkstack-worker` process does it.

@@ -18,6 +18,7 @@ from app.agent.router import router as agent_router
 from app.auth.router import pages as auth_pages
 from app.auth.router import protected as auth_protected
 from app.auth.router import public as auth_public
+from app.batch.router import router as batch_router
 from app.call.router import router as call_router
 from app.call.twilio_router import router as call_twilio_router
 from app.config import Settings, get_settings
@@ -184,6 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     protected.include_router(project_router)
     protected.include_router(agent_router)
     protected.include_router(phone_number_router)
+    protected.include_router(batch_router)
     protected.include_router(call_router)
     protected.include_router(voice_router)
     app.include_router(protected)

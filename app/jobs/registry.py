@@ -7,6 +7,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from functools import partial
 
+from app.batch.dialer import BatchDialer, build_pacer
+from app.batch.service import DIAL_JOB
 from app.call import callbacks
 from app.call.jobs import fetch_price
 from app.context import AppContext
@@ -26,10 +28,13 @@ async def job_handlers(ctx: AppContext) -> AsyncIterator[dict[str, Handler]]:
     async with AsyncExitStack() as stack:
         deliver = webhooks.WebhookDelivery(ctx.sessionmaker, ctx.settings)
         stack.push_async_callback(deliver.aclose)
+        pacer = build_pacer(ctx.settings)
+        stack.push_async_callback(pacer.aclose)
         yield {
             webhooks.KIND: deliver,
             callbacks.PRICE_JOB: partial(fetch_price, ctx),
             analysis.ANALYZE_JOB: partial(analysis.run_analysis_job, ctx),
+            DIAL_JOB: BatchDialer(ctx, pacer),
         }
 
 

@@ -368,6 +368,7 @@ def _call_facts(rec: Any) -> CallFacts:
         end_time=rec.end_time if isinstance(rec.end_time, datetime) else None,
         to=str(rec.to or ""),
         from_=str(rec._from or ""),
+        date_created=rec.date_created if isinstance(rec.date_created, datetime) else None,
     )
 
 

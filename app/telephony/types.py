@@ -47,6 +47,7 @@ class CallFacts:
     end_time: datetime | None
     to: str
     from_: str
+    date_created: datetime | None = None
 
 
 def positive_price(raw: object) -> Decimal | None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
@@ -35,6 +36,8 @@ class RecordedRequest:
     form: dict[str, list[str]]
     auth: tuple[str, str] | None
     headers: dict[str, str]
+    # When it arrived (time.monotonic, the same clock in every process of this machine).
+    at: float = field(default_factory=time.monotonic)
 
     def param(self, name: str) -> str | None:
         """The first value of a form field, else of a query parameter."""

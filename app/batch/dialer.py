@@ -1,0 +1,415 @@
+"""Dialing a batch: paced, capped, exactly once per row, through a restart.
+
+A `batch.dial` job works on one batch for a slice of time, then queues its own continuation.
+For each row:
+
+1. **Claim** (one transaction, the project's row locked so claims of one project take turns):
+   check the batch is running and the project has fewer than BATCH_MAX_CONCURRENT_CALLS calls
+   live, take the next queued row in file order, write its call row, mark the row `dialing`.
+2. **Pace**: wait for the project's next dialing slot (BATCH_CALLS_PER_SECOND), shared by every
+   process through Redis when REDIS_URL is set (in memory otherwise).
+3. **Dial**, then store the Call SID at once (`dialed`). Twilio refusing the number: `failed`.
+   Twilio unreachable or timing out: the outcome is unknown, so Twilio is asked for calls to
+   that number since the claim; one found is adopted, none means the row is dialed again later
+   (with backoff, at most BATCH_DIAL_MAX_ATTEMPTS times).
+
+After a crash (kill -9) rows can be left `dialing` with no SID: the next slice (after the dead
+worker's job lease expires) reconciles them the same way. A row is never dialed blindly twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import coredis
+from sqlalchemy import exists, func, select
+
+from app.batch.service import DIAL_JOB
+from app.call.render import render
+from app.call.service import callback_url
+from app.call.status import FINAL
+from app.config import Settings
+from app.context import AppContext
+from app.db import utcnow
+from app.errors import AppError
+from app.jobs.queue import enqueue
+from app.models import Agent, Batch, BatchRow, Call, Job, Project
+from app.phone_number.service import number_of_agent
+from app.telephony.errors import TwilioRejected
+
+log = logging.getLogger("talkstack.batch.dialer")
+
+LIVE_STATUSES = ("queued", "initiated", "ringing", "in-progress")
+# A call that never told us its end stops counting as live after this long.
+LIVE_WINDOW = timedelta(hours=2)
+# Twilio may create a call a little before or after our clock says we asked.
+CLOCK_SKEW = timedelta(seconds=60)
+
+
+class Pacer(Protocol):
+    async def wait_time(self, key: str, interval: float) -> float:
+        """Reserve the next slot of `key`, `interval` seconds after the previous one; return
+        how long to wait for it."""
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryPacer:
+    """Slots kept in this process (one server process)."""
+
+    def __init__(self) -> None:
+        self._next: dict[str, float] = {}
+
+    async def wait_time(self, key: str, interval: float) -> float:
+        now = time.time()
+        slot = max(now, self._next.get(key, 0.0))
+        self._next[key] = slot + interval
+        return slot - now
+
+    async def aclose(self) -> None:
+        return None
+
+
+# Atomic in Redis, on Redis's clock: every process and host shares one sequence of slots.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval = tonumber(ARGV[1])
+local slot = math.max(now, tonumber(redis.call('GET', KEYS[1]) or '0'))
+local ttl = math.ceil((slot + interval - now) * 1000) + 60000
+redis.call('SET', KEYS[1], string.format('%.6f', slot + interval), 'PX', ttl)
+return string.format('%.6f', slot - now)
+"""
+
+
+class RedisPacer:
+    def __init__(self, url: str) -> None:
+        self._pool = coredis.ConnectionPool.from_url(url)
+        self._client: coredis.Redis[bytes] = coredis.Redis(connection_pool=self._pool)
+
+    async def wait_time(self, key: str, interval: float) -> float:
+        raw = await self._client.eval(
+            _RESERVE, keys=[f"talkstack:dial-pace:{key}"], args=[interval]
+        )
+        return float(raw.decode() if isinstance(raw, bytes) else str(raw))
+
+    async def aclose(self) -> None:
+        self._pool.disconnect()
+
+
+def build_pacer(settings: Settings) -> Pacer:
+    return RedisPacer(settings.redis_url) if settings.redis_url else MemoryPacer()
+
+
+@dataclass
+class Claim:
+    row_id: uuid.UUID
+    call_id: uuid.UUID
+    project_id: uuid.UUID
+    to: str
+    from_: str
+    max_seconds: int
+    claimed_at: datetime
+
+
+BUSY = "busy"  # nothing to dial right now (the cap is reached, or rows wait for a retry)
+DONE = "done"  # the batch has nothing left to dial
+
+
+class BatchDialer:
+    """The `batch.dial` job handler."""
+
+    def __init__(self, ctx: AppContext, pacer: Pacer) -> None:
+        self.ctx = ctx
+        self.pacer = pacer
+        settings = ctx.settings
+        self.interval = 1.0 / settings.batch_calls_per_second
+        self.max_live = settings.batch_max_concurrent_calls
+        self.slice_seconds = settings.batch_slice_seconds
+        self.max_attempts = settings.batch_dial_max_attempts
+        self.retry_base = settings.batch_retry_base_seconds
+        # A claim this old with no SID is from a dial that died (Twilio's timeout, with room).
+        self.stale_after = timedelta(seconds=2 * settings.twilio_timeout_seconds + 5)
+
+    async def __call__(self, job: Job) -> None:
+        batch_id = uuid.UUID(job.payload["batch_id"])
+        await self.reconcile_stale(batch_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.slice_seconds
+        dials: set[asyncio.Task[None]] = set()
+        try:
+            while loop.time() < deadline:
+                claim = await self.claim(batch_id)
+                if claim == DONE:
+                    break
+                if claim == BUSY:
+                    await asyncio.sleep(min(0.5, max(self.interval, 0.05)))
+                    continue
+                assert isinstance(claim, Claim)
+                wait = await self.pacer.wait_time(str(claim.project_id), self.interval)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                task = asyncio.create_task(self.dial(claim))
+                dials.add(task)
+                task.add_done_callback(dials.discard)
+        finally:
+            if dials:
+                await asyncio.gather(*dials, return_exceptions=True)
+        if not await self.finish_if_done(batch_id):
+            async with self.ctx.sessionmaker() as session:
+                batch = await session.get(Batch, batch_id)
+                if batch is not None and batch.status == "running":
+                    # The next slice: any worker (this process or another) may take it.
+                    await enqueue(
+                        session,
+                        kind=DIAL_JOB,
+                        payload={"batch_id": str(batch_id)},
+                        project_id=batch.project_id,
+                        max_attempts=50,
+                    )
+                    await session.commit()
+
+    # -- claiming ---------------------------------------------------------------------------
+
+    async def claim(self, batch_id: uuid.UUID) -> Claim | str:
+        now = utcnow()
+        async with self.ctx.sessionmaker() as session, session.begin():
+            batch = await session.get(Batch, batch_id)
+            if batch is None or batch.status != "running":
+                return DONE
+            # Claims of one project take turns (the live-call count must hold).
+            await session.get(Project, batch.project_id, with_for_update=True)
+            live = await session.scalar(
+                select(func.count())
+                .select_from(Call)
+                .where(
+                    Call.project_id == batch.project_id,
+                    Call.status.in_(LIVE_STATUSES),
+                    Call.created_at > now - LIVE_WINDOW,
+                )
+            )
+            if (live or 0) >= self.max_live:
+                return BUSY
+            pick = (
+                select(BatchRow)
+                .where(
+                    BatchRow.batch_id == batch_id,
+                    BatchRow.state == "queued",
+                    (BatchRow.next_attempt_at.is_(None)) | (BatchRow.next_attempt_at <= now),
+                )
+                .order_by(BatchRow.row)
+                .limit(1)
+            )
+            if session.get_bind().dialect.name == "postgresql":
+                pick = pick.with_for_update(skip_locked=True)
+            row = (await session.execute(pick)).scalar_one_or_none()
+            if row is None:
+                pending = await session.scalar(
+                    select(
+                        exists().where(
+                            BatchRow.batch_id == batch_id,
+                            BatchRow.state.in_(("queued", "dialing")),
+                        )
+                    )
+                )
+                return BUSY if pending else DONE
+            agent = await session.get(Agent, batch.agent_id)
+            from_ = await number_of_agent(session, batch.agent_id) if agent else None
+            if agent is None or agent.is_deleted or from_ is None:
+                row.state = "failed"
+                row.error = "The agent has no phone number to call from any more."
+                return BUSY
+            call = await session.get(Call, row.call_id) if row.call_id else None
+            if call is None:
+                call = Call(
+                    user_id=batch.user_id,
+                    project_id=batch.project_id,
+                    agent_id=agent.id,
+                    batch_id=batch.id,
+                    direction="outbound",
+                    to_number=row.number,
+                    from_number=from_,
+                    status="queued",
+                    dynamic_variables=dict(row.variables),
+                    system_instruction=render(agent.system_instruction, row.variables) or "",
+                    first_message=render(agent.first_message, row.variables),
+                )
+                session.add(call)
+                await session.flush()
+            row.state = "dialing"
+            row.claimed_at = now
+            row.attempts += 1
+            row.call_id = call.id
+            return Claim(
+                row_id=row.id,
+                call_id=call.id,
+                project_id=batch.project_id,
+                to=row.number,
+                from_=call.from_number,
+                max_seconds=agent.max_call_duration_seconds,
+                claimed_at=now,
+            )
+
+    # -- dialing ----------------------------------------------------------------------------
+
+    async def dial(self, claim: Claim) -> None:
+        ctx = self.ctx
+        if ctx.telephony is None:
+            await self._unknown(claim, "Twilio is not configured")
+            return
+        try:
+            placed = await ctx.telephony.create_call(
+                to=claim.to,
+                from_=claim.from_,
+                twiml_url=callback_url(ctx, claim.call_id, "twiml"),
+                status_callback=callback_url(ctx, claim.call_id, "status"),
+                recording_status_callback=callback_url(ctx, claim.call_id, "recording"),
+                amd_callback=callback_url(ctx, claim.call_id, "amd"),
+                time_limit_seconds=claim.max_seconds,
+            )
+        except TwilioRejected as exc:
+            await self._refused(claim, exc)
+            return
+        except (AppError, OSError) as exc:
+            await self._unknown(claim, getattr(exc, "message", str(exc)))
+            return
+        await self._dialed(claim.row_id, claim.call_id, placed.sid)
+
+    async def _dialed(self, row_id: uuid.UUID, call_id: uuid.UUID, sid: str) -> None:
+        async with self.ctx.sessionmaker() as session, session.begin():
+            call = await session.get(Call, call_id, with_for_update=True)
+            row = await session.get(BatchRow, row_id, with_for_update=True)
+            if call is not None and call.call_sid is None:
+                call.call_sid = sid
+            if row is not None:
+                row.state, row.call_sid, row.error, row.next_attempt_at = "dialed", sid, None, None
+
+    async def _refused(self, claim: Claim, exc: AppError) -> None:
+        async with self.ctx.sessionmaker() as session, session.begin():
+            call = await session.get(Call, claim.call_id, with_for_update=True)
+            row = await session.get(BatchRow, claim.row_id, with_for_update=True)
+            if call is not None:
+                call.status, call.ended_at = "failed", utcnow()
+                call.ended_reason = "twilio-rejected"
+                code = exc.extra.get("twilioCode")
+                call.error_code = str(code) if code is not None else exc.code
+                call.error_message = exc.message
+            if row is not None:
+                row.state, row.error = "failed", exc.message
+        log.info("batch row %s refused by Twilio: %s", claim.row_id, exc.message)
+
+    async def _unknown(self, claim: Claim, reason: str) -> None:
+        """Twilio may or may not have placed the call: ask it, and never dial again before a
+        slow Twilio could have finished placing it (`stale_after`)."""
+        log.warning("batch row %s: dial outcome unknown (%s); reconciling", claim.row_id, reason)
+        try:
+            await self.reconcile(claim.row_id, reason, may_requeue=False)
+        except Exception:
+            # Twilio still unreachable: the row stays `dialing`; a later slice reconciles it.
+            log.warning("batch row %s: reconciling failed; will retry", claim.row_id, exc_info=True)
+
+    # -- reconciling --------------------------------------------------------------------------
+
+    async def reconcile_stale(self, batch_id: uuid.UUID) -> None:
+        cutoff = utcnow() - self.stale_after
+        async with self.ctx.sessionmaker() as session:
+            stale = list(
+                (
+                    await session.scalars(
+                        select(BatchRow.id).where(
+                            BatchRow.batch_id == batch_id,
+                            BatchRow.state == "dialing",
+                            BatchRow.claimed_at < cutoff,
+                        )
+                    )
+                ).all()
+            )
+        for row_id in stale:
+            try:
+                await self.reconcile(row_id, "the dial's outcome was unknown")
+            except Exception:
+                log.warning("batch row %s: reconciling failed; will retry", row_id, exc_info=True)
+
+    async def reconcile(self, row_id: uuid.UUID, reason: str, *, may_requeue: bool = True) -> None:
+        """Adopt the call Twilio placed for this claim, or (`may_requeue`) queue the row again."""
+        telephony = self.ctx.telephony
+        async with self.ctx.sessionmaker() as session:
+            row = await session.get(BatchRow, row_id)
+            if row is None or row.state != "dialing" or row.claimed_at is None:
+                return
+            call = await session.get(Call, row.call_id) if row.call_id else None
+            since = row.claimed_at - CLOCK_SKEW
+            number, from_ = row.number, call.from_number if call else None
+        found: list[Any] = []
+        if telephony is not None:
+            placed = await telephony.list_calls(to=number, from_=from_, limit=20)
+            found = [c for c in placed if c.date_created is None or c.date_created >= since]
+        async with self.ctx.sessionmaker() as session, session.begin():
+            row = await session.get(BatchRow, row_id, with_for_update=True)
+            if row is None or row.state != "dialing":
+                return
+            known = set(
+                (
+                    await session.scalars(
+                        select(Call.call_sid).where(Call.call_sid.in_([c.sid for c in found]))
+                    )
+                ).all()
+            )
+            adopt = next((c for c in sorted(found, key=_created) if c.sid not in known), None)
+            call = (
+                await session.get(Call, row.call_id, with_for_update=True) if row.call_id else None
+            )
+            if adopt is not None:
+                log.info("batch row %s: Twilio had placed %s; adopted", row_id, adopt.sid)
+                row.state, row.call_sid, row.error = "dialed", adopt.sid, None
+                if call is not None and call.call_sid is None:
+                    call.call_sid = adopt.sid
+                return
+            if not may_requeue:
+                row.error = reason  # still `dialing`: a later slice decides
+                return
+            if row.attempts >= self.max_attempts:
+                row.state, row.error = "failed", f"Twilio could not be reached: {reason}"
+                if call is not None and call.status not in FINAL:
+                    call.status, call.ended_at, call.ended_reason = (
+                        "failed",
+                        utcnow(),
+                        "twilio-error",
+                    )
+                    call.error_message = reason
+                return
+            # Not placed: dial again after a backoff (the same call row is reused).
+            row.state, row.error = "queued", reason
+            row.next_attempt_at = utcnow() + timedelta(seconds=min(300, 5 * 2**row.attempts))
+
+    async def finish_if_done(self, batch_id: uuid.UUID) -> bool:
+        async with self.ctx.sessionmaker() as session, session.begin():
+            batch = await session.get(Batch, batch_id, with_for_update=True)
+            if batch is None or batch.status != "running":
+                return True
+            pending = await session.scalar(
+                select(
+                    exists().where(
+                        BatchRow.batch_id == batch_id,
+                        BatchRow.state.in_(("queued", "dialing")),
+                    )
+                )
+            )
+            if pending:
+                return False
+            batch.status, batch.finished_at = "completed", utcnow()
+            log.info("batch %s completed", batch_id)
+            return True
+
+
+_LAST = datetime.max.replace(tzinfo=UTC)
+
+
+def _created(facts: Any) -> datetime:
+    return facts.date_created or _LAST

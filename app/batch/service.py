@@ -1,0 +1,227 @@
+"""Batch calls (CONTRACT.md §7): validate a whole spreadsheet, store it, report on it, cancel it.
+
+Dialing is app/batch/dialer.py's job; this module only writes rows it has validated.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.batch.parse import MAX_ROWS, FileRejected
+from app.call.render import missing_variables
+from app.context import AppContext
+from app.db import utcnow
+from app.errors import AppError, BadRequest, Conflict, NotFound
+from app.jobs.queue import enqueue
+from app.models import Agent, Batch, BatchRow, User
+from app.phone import to_e164
+from app.phone_number.service import number_of_agent
+from app.project.service import get_owned_agent, get_owned_project, parse_id
+from app.telephony.errors import TelephonyNotConfigured
+
+DIAL_JOB = "batch.dial"
+INSERT_CHUNK = 1000
+# The POST answer lists at most this many rejected rows; GET /call/batch-call/{id} has all.
+REJECTED_IN_ANSWER = 1000
+MAX_VARIABLES = 100
+
+
+# Given the agent, the validated rows in chunks (parsed off the event loop by the router).
+RowSource = Callable[[Agent], AsyncIterator[list["Checked"]]]
+
+
+@dataclass
+class Checked:
+    row: int
+    number: str
+    variables: dict[str, str]
+    error: str | None
+
+
+def _variables(cells: dict[str, str]) -> dict[str, str]:
+    """Every other column, then the `dynamicVariables` JSON object over them."""
+    out = {k: v for k, v in cells.items() if k not in ("number", "dynamicVariables") and v}
+    raw = cells.get("dynamicVariables", "")
+    if raw:
+        try:
+            given = json.loads(raw)
+        except ValueError as exc:
+            raise ValueError("dynamicVariables is not valid JSON") from exc
+        if not isinstance(given, dict):
+            raise ValueError("dynamicVariables must be a JSON object")
+        for key, value in given.items():
+            if isinstance(value, bool):
+                out[key] = "true" if value else "false"
+            elif isinstance(value, str | int | float):
+                out[key] = str(value)
+            else:
+                raise ValueError(f"dynamicVariables.{key} must be a string, number or boolean")
+    if len(out) > MAX_VARIABLES:
+        raise ValueError(f"more than {MAX_VARIABLES} variables")
+    return out
+
+
+def check_rows(rows: Iterator[tuple[int, dict[str, str]]], agent: Agent) -> Generator[Checked]:
+    templates = [agent.system_instruction, agent.first_message]
+    count = 0
+    for line, cells in rows:
+        count += 1
+        if count > MAX_ROWS:
+            raise FileRejected(
+                f"The file has more than {MAX_ROWS:,} rows; split it into several batches.",
+                code="TOO_MANY_ROWS",
+            )
+        raw = cells.get("number", "")
+        try:
+            number = to_e164(raw, field="number")
+        except AppError:
+            yield Checked(line, raw[:64], {}, "number is not a valid phone number in E.164 form")
+            continue
+        try:
+            variables = _variables(cells)
+        except ValueError as exc:
+            yield Checked(line, number, {}, str(exc))
+            continue
+        missing = missing_variables(templates, variables)
+        if missing:
+            yield Checked(line, number, {}, f"missing variables: {', '.join(missing)}")
+            continue
+        yield Checked(line, number, variables, None)
+
+
+async def create_batch(
+    ctx: AppContext,
+    session: AsyncSession,
+    *,
+    user: User,
+    project_id: str,
+    agent_id: str,
+    rows: RowSource,
+    filename: str,
+) -> tuple[Batch, list[dict[str, Any]]]:
+    """Validate every row, store the batch and its rows in one transaction, queue the dialer."""
+    project = await get_owned_project(session, user=user, project_id=project_id)
+    agent = await get_owned_agent(session, project=project, agent_id=agent_id)
+    if await number_of_agent(session, agent.id) is None:
+        raise BadRequest(
+            "The agent has no phone number to call from; assign one with /phone-number/add-number.",
+            code="AGENT_HAS_NO_NUMBER",
+        )
+    if ctx.telephony is None:
+        raise TelephonyNotConfigured()
+    batch = Batch(
+        user_id=user.id,
+        project_id=project.id,
+        agent_id=agent.id,
+        filename=filename[:255],
+        status="running",
+    )
+    session.add(batch)
+    await session.flush()
+    rejected: list[dict[str, Any]] = []
+    chunk: list[dict[str, Any]] = []
+    total = accepted = 0
+    async for checked_chunk in rows(agent):
+        for checked in checked_chunk:
+            total += 1
+            if checked.error is None:
+                accepted += 1
+            elif len(rejected) < REJECTED_IN_ANSWER:
+                rejected.append(
+                    {"row": checked.row, "number": checked.number, "error": checked.error}
+                )
+            chunk.append(
+                {
+                    "id": uuid.uuid4(),
+                    "batch_id": batch.id,
+                    "row": checked.row,
+                    "number": checked.number,
+                    "variables": checked.variables,
+                    "state": "queued" if checked.error is None else "rejected",
+                    "error": checked.error,
+                    "attempts": 0,
+                }
+            )
+        await session.execute(insert(BatchRow), chunk)
+        chunk = []
+    if total == 0:
+        raise FileRejected("The file has no rows to call.", code="EMPTY_BATCH_FILE")
+    batch.total, batch.accepted, batch.rejected = total, accepted, total - accepted
+    if accepted:
+        await enqueue(
+            session,
+            kind=DIAL_JOB,
+            payload={"batch_id": str(batch.id)},
+            project_id=project.id,
+            max_attempts=50,
+        )
+    else:
+        batch.status, batch.finished_at = "completed", utcnow()
+    return batch, rejected
+
+
+async def get_owned_batch(
+    session: AsyncSession, *, user: User, batch_id: str, lock: bool = False
+) -> Batch:
+    not_found = NotFound("Batch not found.", code="BATCH_NOT_FOUND")
+    query = select(Batch).where(Batch.id == parse_id(batch_id, "batch"), Batch.user_id == user.id)
+    if lock:
+        query = query.with_for_update()
+    batch = (await session.execute(query)).scalar_one_or_none()
+    if batch is None:
+        raise not_found
+    # A batch of a deleted project goes with it.
+    await get_owned_project(session, user=user, project_id=batch.project_id)
+    return batch
+
+
+async def counts(session: AsyncSession, batch_id: uuid.UUID) -> dict[str, int]:
+    rows = await session.execute(
+        select(BatchRow.state, func.count())
+        .where(BatchRow.batch_id == batch_id)
+        .group_by(BatchRow.state)
+    )
+    out = {state: 0 for state in ("queued", "dialing", "dialed", "failed", "canceled", "rejected")}
+    out.update({state: n for state, n in rows})
+    return out
+
+
+async def rows_page(
+    session: AsyncSession, batch_id: uuid.UUID, *, after: int, size: int
+) -> tuple[list[BatchRow], int | None]:
+    found = list(
+        (
+            await session.scalars(
+                select(BatchRow)
+                .where(BatchRow.batch_id == batch_id, BatchRow.row > after)
+                .order_by(BatchRow.row)
+                .limit(size + 1)
+            )
+        ).all()
+    )
+    more = len(found) > size
+    found = found[:size]
+    return found, (found[-1].row if more and found else None)
+
+
+async def cancel(session: AsyncSession, *, user: User, batch_id: str) -> Batch:
+    """Stop a batch: rows not yet dialed are canceled; calls already placed go on."""
+    batch = await get_owned_batch(session, user=user, batch_id=batch_id, lock=True)
+    if batch.status == "completed":
+        raise Conflict("The batch has already finished.", code="BATCH_FINISHED")
+    if batch.status == "running":
+        batch.status = "canceled"
+        batch.finished_at = utcnow()
+        await session.execute(
+            update(BatchRow)
+            .where(BatchRow.batch_id == batch.id, BatchRow.state == "queued")
+            .values(state="canceled")
+        )
+    return batch

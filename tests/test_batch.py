@@ -1,0 +1,396 @@
+"""Batch calls (CONTRACT.md §7): upload and validation, dialing through the Twilio stand-in,
+pace, the live-call cap, cancel, and what happens when Twilio fails or the server dies."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+from openpyxl import Workbook
+from sqlalchemy import func, select
+
+from app.models import Batch, BatchRow, Call
+from tests.factories import api_key_for, assert_error, verified_account
+
+FROM = "+14155550100"
+
+
+def numbers(n: int, start: int = 1000) -> list[str]:
+    return [f"+1415555{start + i:04d}" for i in range(n)]
+
+
+@pytest.fixture
+def settings_overrides(request, twilio_standin) -> dict[str, Any]:
+    return {
+        **twilio_standin.settings_overrides(),
+        "job_poll_interval_seconds": 0.05,
+        "job_retry_base_seconds": 0.01,
+        "batch_calls_per_second": 50.0,
+        "batch_max_concurrent_calls": 100,
+        "batch_slice_seconds": 1.0,
+        "batch_retry_base_seconds": 0.2,
+        "twilio_timeout_seconds": 2.0,
+        **getattr(request, "param", {}),
+    }
+
+
+@pytest.fixture
+async def setup(client, mailbox, twilio_standin) -> dict[str, Any]:
+    acct = await verified_account(client, mailbox)
+    key = {"x-api-key": await api_key_for(client, acct)}
+    r = await client.post("/project/create-project", json={"name": "Leads"}, headers=key)
+    project = r.json()["data"]["id"]
+    twilio_standin.add_incoming_number(FROM)
+    r = await client.post(
+        "/agent/create-agent",
+        json={
+            "name": "Ann",
+            "projectId": project,
+            "systemInstruction": "Call {{name}} about {{topic}}.",
+            "firstMessage": "Hi {{name}}!",
+            "phoneNumber": FROM,
+        },
+        headers=key,
+    )
+    assert r.status_code == 200, r.text
+    return {"key": key, "project": project, "agent": r.json()["data"]["id"]}
+
+
+async def upload(client, setup, content: bytes, filename: str = "leads.csv", **fields: Any) -> Any:
+    data = {"projectId": setup["project"], "agentId": setup["agent"], **fields}
+    return await client.post(
+        "/call/batch-call",
+        data=data,
+        files={"file": (filename, content, "text/csv")},
+        headers=setup["key"],
+    )
+
+
+def csv_of(rows: list[list[str]], *, sep: str = ",", bom: bool = False) -> bytes:
+    text = "\n".join(sep.join(r) for r in rows) + "\n"
+    return (b"\xef\xbb\xbf" if bom else b"") + text.encode()
+
+
+def xlsx_of(rows: list[list[Any]]) -> bytes:
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    for r in rows:
+        sheet.append(r)
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
+
+
+async def batch_rows(app, batch_id: str) -> list[BatchRow]:
+    async with app.state.ctx.sessionmaker() as s:
+        found = await s.scalars(
+            select(BatchRow).where(BatchRow.batch_id == uuid.UUID(batch_id)).order_by(BatchRow.row)
+        )
+        return list(found)
+
+
+async def finished(client, setup, batch_id: str, within: float = 20.0) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        r = await client.get(f"/call/batch-call/{batch_id}", headers=setup["key"])
+        body = r.json()
+        if body["batch"]["status"] != "running":
+            return dict(body)
+        if time.monotonic() > deadline:
+            raise AssertionError(body["batch"])
+        await asyncio.sleep(0.05)
+
+
+def dialed(twilio_standin) -> Counter[str]:
+    """How many calls Twilio placed to each number (refused create requests place none)."""
+    return Counter(twilio_standin.call(sid)["to"] for sid in twilio_standin.call_sids)
+
+
+# -- upload and validation ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings_overrides", [{"run_jobs_in_process": False}], indirect=True)
+async def test_every_row_is_validated_and_the_answer_lists_rejections(app, client, setup):
+    content = csv_of(
+        [
+            ["number", "name", "topic", "dynamicVariables"],
+            ["+14155551000", "Ann", "the offer", ""],
+            ["(415) 555-1001", "Bob", "x", ""],  # no country code
+            ["+14155551002", "", "the offer", '{"name": "Cy"}'],
+            ["+14155551003", "Di", "", ""],  # topic missing
+            ["+14155551004", "Ed", "y", "{not json"],
+            ["", "", "", ""],  # blank lines are skipped
+            ["+14155551005", "Flo", "z", '{"topic": 7, "vip": true}'],
+        ],
+        sep=";",
+        bom=True,
+    )
+    r = await upload(client, setup, content)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["message"] == "batch created." and body["status"] == "success"
+    batch = body["batch"]
+    assert (batch["status"], batch["total"], batch["accepted"]) == ("running", 6, 3)
+    assert batch["rejectedCount"] == 3
+    assert batch["rejected"] == [
+        {"row": 3, "number": "(415) 555-1001",
+         "error": "number is not a valid phone number in E.164 form"},
+        {"row": 5, "number": "+14155551003", "error": "missing variables: topic"},
+        {"row": 6, "number": "+14155551004", "error": "dynamicVariables is not valid JSON"},
+    ]  # fmt: skip
+    rows = await batch_rows(app, batch["id"])
+    assert [(r.row, r.state) for r in rows] == [
+        (2, "queued"), (3, "rejected"), (4, "queued"), (5, "rejected"), (6, "rejected"),
+        (8, "queued"),
+    ]  # fmt: skip
+    assert rows[2].variables == {"topic": "the offer", "name": "Cy"}
+    assert rows[5].variables == {"name": "Flo", "topic": "7", "vip": "true"}
+
+
+@pytest.mark.parametrize("settings_overrides", [{"run_jobs_in_process": False}], indirect=True)
+async def test_xlsx_first_sheet_is_read(app, client, setup):
+    content = xlsx_of(
+        [
+            ["Number", "name", "topic"],
+            [14155551000, "Ann", "a"],  # a number typed as a number: no country sign
+            ["+14155551001", "Bob", "b"],
+        ]
+    )
+    r = await upload(client, setup, content, filename="leads.xlsx")
+    assert r.status_code == 200, r.text
+    batch = r.json()["batch"]
+    assert (batch["total"], batch["accepted"]) == (2, 1)
+    rows = await batch_rows(app, batch["id"])
+    assert rows[1].number == "+14155551001" and rows[1].variables == {"name": "Bob", "topic": "b"}
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        (b"", "EMPTY_BATCH_FILE"),
+        (b"name,topic\nAnn,x\n", "MISSING_NUMBER_COLUMN"),
+        (b"number,number\n+14155551000,+14155551001\n", "DUPLICATE_COLUMN"),
+        (b"number\n", "EMPTY_BATCH_FILE"),
+        ("number,name\n+14155551000,Jos\xe9\n".encode("latin-1"), "INVALID_ENCODING"),
+        (b"PK\x03\x04 not really a workbook", "INVALID_BATCH_FILE"),
+    ],
+)
+async def test_unreadable_files_are_400_and_store_nothing(app, client, setup, content, code):
+    r = await upload(client, setup, content)
+    assert_error(r, 400, code)
+    async with app.state.ctx.sessionmaker() as s:
+        assert await s.scalar(select(func.count()).select_from(Batch)) == 0
+        assert await s.scalar(select(func.count()).select_from(BatchRow)) == 0
+
+
+async def test_more_than_100000_rows_is_400_and_stores_nothing(app, client, setup):
+    lines = ["number,name,topic"] + [f"+1415{i:07d},N,T" for i in range(100_001)]
+    r = await upload(client, setup, ("\n".join(lines) + "\n").encode())
+    assert_error(r, 400, "TOO_MANY_ROWS")
+    async with app.state.ctx.sessionmaker() as s:
+        assert await s.scalar(select(func.count()).select_from(BatchRow)) == 0
+
+
+async def test_a_file_over_10_mb_is_413(client, setup):
+    content = b"number,name,topic\n" + b"+14155551000,N,T\n" * 700_000
+    assert len(content) > 10 * 1024 * 1024
+    r = await upload(client, setup, content)
+    assert_error(r, 413, "FILE_TOO_LARGE")
+
+
+async def test_missing_fields_and_foreign_ids(client, setup, mailbox):
+    r = await client.post(
+        "/call/batch-call", data={"projectId": setup["project"]}, headers=setup["key"]
+    )
+    assert r.status_code == 400 and r.json()["code"] == "VALIDATION_ERROR"
+    assert {e["field"] for e in r.json()["errors"]} == {"agentId", "file"}
+    r = await client.post("/call/batch-call", json={"projectId": "x"}, headers=setup["key"])
+    assert r.status_code == 400 and r.json()["code"] == "VALIDATION_ERROR"
+    other = await verified_account(client, mailbox)
+    key = {"x-api-key": await api_key_for(client, other)}
+    content = csv_of([["number", "name", "topic"], ["+14155551000", "A", "B"]])
+    r = await client.post(
+        "/call/batch-call",
+        data={"projectId": setup["project"], "agentId": setup["agent"]},
+        files={"file": ("l.csv", content, "text/csv")},
+        headers=key,
+    )
+    assert_error(r, 404, "PROJECT_NOT_FOUND")
+
+
+async def test_an_agent_without_a_number_is_400(client, setup):
+    r = await client.post(
+        "/agent/create-agent",
+        json={"name": "N", "systemInstruction": "x", "projectId": setup["project"]},
+        headers=setup["key"],
+    )
+    content = csv_of([["number"], ["+14155551000"]])
+    r = await upload(client, setup, content, agentId=r.json()["data"]["id"])
+    assert_error(r, 400, "AGENT_HAS_NO_NUMBER")
+
+
+# -- dialing ----------------------------------------------------------------------------------
+
+
+async def test_every_accepted_row_is_dialed_exactly_once(app, client, setup, twilio_standin):
+    targets = numbers(30)
+    rows = [["number", "name", "topic"]] + [
+        [n, f"N{i}", "the offer"] for i, n in enumerate(targets)
+    ]
+    rows.append(["bad", "x", "y"])
+    r = await upload(client, setup, csv_of(rows))
+    batch_id = r.json()["batch"]["id"]
+
+    body = await finished(client, setup, batch_id)
+
+    assert body["batch"]["status"] == "completed" and body["batch"]["finished_at"]
+    assert body["batch"]["counts"] == {
+        "queued": 0, "dialing": 0, "dialed": 30, "failed": 0, "canceled": 0, "rejected": 1,
+    }  # fmt: skip
+    assert dialed(twilio_standin) == Counter(targets)
+    sids = {row["callSid"] for row in body["rows"] if row["state"] == "dialed"}
+    assert len(sids) == 30
+    async with app.state.ctx.sessionmaker() as s:
+        calls = list(await s.scalars(select(Call).where(Call.batch_id == uuid.UUID(batch_id))))
+    assert {c.call_sid for c in calls} == sids
+    first = next(c for c in calls if c.to_number == targets[0])
+    assert (
+        first.system_instruction == "Call N0 about the offer." and first.first_message == "Hi N0!"
+    )
+    # The history shows them, with the batch id.
+    r = await client.post("/call", json={"sid": first.call_sid}, headers=setup["key"])
+    assert r.json()["batchId"] == batch_id
+
+
+@pytest.mark.parametrize("settings_overrides", [{"batch_calls_per_second": 5.0}], indirect=True)
+async def test_dialing_keeps_the_pace(client, setup, twilio_standin):
+    rows = [["number", "name", "topic"]] + [[n, "A", "B"] for n in numbers(8)]
+    started = time.monotonic()
+    r = await upload(client, setup, csv_of(rows))
+    await finished(client, setup, r.json()["batch"]["id"])
+    elapsed = time.monotonic() - started
+    # 8 calls at 5/s: the first at once, the last 7 x 0.2 s later.
+    assert elapsed >= 1.3
+    creates = twilio_standin.requests_to("/Calls.json", "POST")
+    assert len(creates) == 8
+
+
+@pytest.mark.parametrize("settings_overrides", [{"batch_max_concurrent_calls": 2}], indirect=True)
+async def test_no_more_than_the_cap_are_live_at_once(app, client, setup, twilio_standin):
+    rows = [["number", "name", "topic"]] + [[n, "A", "B"] for n in numbers(5)]
+    r = await upload(client, setup, csv_of(rows))
+    batch_id = r.json()["batch"]["id"]
+    await asyncio.sleep(1.0)
+    assert len(twilio_standin.created_calls) == 2  # the others wait for a live call to end
+    for _ in range(3):
+        sids = list(twilio_standin.call_sids)
+        for sid in sids:
+            if twilio_standin.call(sid)["status"] not in ("completed",):
+                await twilio_standin.deliver(
+                    client,
+                    twilio_standin.callback(
+                        sid, "status", CallStatus="completed", CallDuration="3"
+                    ),
+                )
+        await asyncio.sleep(0.6)
+    body = await finished(client, setup, batch_id)
+    assert body["batch"]["counts"]["dialed"] == 5
+    assert dialed(twilio_standin) == Counter(numbers(5))
+
+
+async def test_a_number_twilio_refuses_fails_and_the_rest_go_on(client, setup, twilio_standin):
+    targets = numbers(3)
+    twilio_standin.make_undialable(targets[1], 21217)
+    rows = [["number", "name", "topic"]] + [[n, "A", "B"] for n in targets]
+    r = await upload(client, setup, csv_of(rows))
+    body = await finished(client, setup, r.json()["batch"]["id"])
+    states = {row["number"]: (row["state"], row["error"]) for row in body["rows"]}
+    assert states[targets[0]][0] == states[targets[2]][0] == "dialed"
+    assert states[targets[1]][0] == "failed" and states[targets[1]][1]
+
+
+async def test_twilio_down_is_retried_without_dialing_twice(client, setup, twilio_standin):
+    targets = numbers(2)
+    twilio_standin.fail_next(1, status=503)  # the first create: refused before any call exists
+    rows = [["number", "name", "topic"]] + [[n, "A", "B"] for n in targets]
+    r = await upload(client, setup, csv_of(rows))
+    body = await finished(client, setup, r.json()["batch"]["id"], within=30)
+    assert body["batch"]["counts"]["dialed"] == 2
+    assert dialed(twilio_standin) == Counter(targets)
+
+
+@pytest.mark.parametrize("settings_overrides", [{"twilio_timeout_seconds": 0.3}], indirect=True)
+async def test_a_call_placed_despite_a_timeout_is_adopted_not_redialed(
+    client, setup, twilio_standin
+):
+    # Twilio takes longer than our timeout but does place the call: the dialer must find it.
+    twilio_standin.hang_next(1, seconds=0.8)
+    targets = numbers(2)
+    rows = [["number", "name", "topic"]] + [[n, "A", "B"] for n in targets]
+    r = await upload(client, setup, csv_of(rows))
+    body = await finished(client, setup, r.json()["batch"]["id"], within=30)
+    assert body["batch"]["counts"]["dialed"] == 2
+    assert dialed(twilio_standin) == Counter(targets)
+    sids = [row["callSid"] for row in body["rows"]]
+    assert set(sids) == set(twilio_standin.call_sids)
+
+
+# -- reading and canceling ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings_overrides", [{"run_jobs_in_process": False}], indirect=True)
+async def test_progress_pages_through_rows_and_cancel_stops_the_rest(
+    app, client, setup, mailbox, twilio_standin
+):
+    rows = [["number", "name", "topic"]] + [[n, "A", "B"] for n in numbers(7)]
+    r = await upload(client, setup, csv_of(rows))
+    batch_id = r.json()["batch"]["id"]
+    seen = []
+    token = None
+    while True:
+        params = {"pageSize": 3, **({"pageToken": token} if token else {})}
+        r = await client.get(f"/call/batch-call/{batch_id}", params=params, headers=setup["key"])
+        body = r.json()
+        seen += [row["row"] for row in body["rows"]]
+        token = body["nextPageToken"]
+        if token is None:
+            break
+    assert seen == list(range(2, 9))
+    assert body["batch"]["counts"]["queued"] == 7
+
+    other = await verified_account(client, mailbox)
+    key = {"x-api-key": await api_key_for(client, other)}
+    for method, path in (("GET", ""), ("POST", "/cancel")):
+        r = await client.request(method, f"/call/batch-call/{batch_id}{path}", headers=key)
+        missing = await client.request(
+            method, f"/call/batch-call/{uuid.uuid4()}{path}", headers=key
+        )
+        assert r.status_code == missing.status_code == 404 and r.json() == missing.json()
+
+    r = await client.post(f"/call/batch-call/{batch_id}/cancel", headers=setup["key"])
+    assert r.status_code == 200
+    assert r.json()["batch"]["status"] == "canceled"
+    assert r.json()["batch"]["counts"]["canceled"] == 7
+    r = await client.post(f"/call/batch-call/{batch_id}/cancel", headers=setup["key"])
+    assert r.status_code == 200  # canceling twice is harmless
+    assert twilio_standin.created_calls == []
+    r = await client.get(
+        f"/call/batch-call/{batch_id}", params={"pageToken": "x"}, headers=setup["key"]
+    )
+    assert_error(r, 400, "INVALID_PAGE_TOKEN")
+
+
+async def test_a_completed_batch_cannot_be_canceled(client, setup, twilio_standin):
+    r = await upload(
+        client, setup, csv_of([["number", "name", "topic"], [numbers(1)[0], "A", "B"]])
+    )
+    batch_id = r.json()["batch"]["id"]
+    await finished(client, setup, batch_id)
+    r = await client.post(f"/call/batch-call/{batch_id}/cancel", headers=setup["key"])
+    assert_error(r, 409, "BATCH_FINISHED")
