@@ -226,6 +226,7 @@ async def test_fetch_call_maps_twilios_negative_price_to_a_positive_decimal(
         answered_by="human",
         start_time=start,
         end_time=start + timedelta(seconds=42),
+        date_created=start - timedelta(seconds=5),
     )
 
     facts = await adapter.fetch_call(placed.sid)
@@ -241,6 +242,7 @@ async def test_fetch_call_maps_twilios_negative_price_to_a_positive_decimal(
         end_time=start + timedelta(seconds=42),
         to=CALLEE,
         from_=AGENT_NUMBER,
+        date_created=start - timedelta(seconds=5),
     )
     assert twilio_standin.last_request.path == CALLS_PATH.replace(".json", f"/{placed.sid}.json")
 
