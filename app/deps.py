@@ -8,11 +8,11 @@ from typing import Annotated
 import jwt
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.credentials import Caller, caller_by_api_key_hash, caller_by_id
 from app.context import AppContext
-from app.db import session_scope
+from app.db import PointReader, point_reader, session_scope
 from app.errors import Unauthorized
 from app.models import User
 from app.security import sha256_hex
@@ -62,28 +62,26 @@ api_key_scheme = APIKeyHeader(
 _BAD_CREDENTIALS = "Invalid or expired credentials."
 
 
-async def _user_from_bearer(ctx: AppContext, session: AsyncSession, token: str) -> User:
+async def _caller_from_bearer(ctx: AppContext, reader: PointReader, token: str) -> Caller:
     try:
         claims = ctx.signer.decode_access(token)
     except jwt.InvalidTokenError as exc:
         raise Unauthorized(_BAD_CREDENTIALS, code="INVALID_TOKEN") from exc
-    user = await session.get(User, claims.user_id)
-    if user is None or user.token_version != claims.token_version or not user.verified:
+    # The token version is checked on every request: a password change or reset bumps it,
+    # and every access token issued before stops working at once, in every process.
+    caller = await caller_by_id(reader, claims.user_id)
+    if caller is None or caller.token_version != claims.token_version or not caller.verified:
         raise Unauthorized(_BAD_CREDENTIALS, code="INVALID_TOKEN")
-    return user
+    return caller
 
 
-# Built once: every API-key request runs it, and building the expression costs more than the
-# indexed lookup itself.
-_USER_BY_KEY_HASH = select(User).where(User.api_key_hash == bindparam("key_hash"))
-
-
-async def _user_from_api_key(session: AsyncSession, key: str) -> User:
-    found = await session.execute(_USER_BY_KEY_HASH, {"key_hash": sha256_hex(key)})
-    user = found.scalar_one_or_none()
-    if user is None:
+async def _caller_from_api_key(reader: PointReader, key: str) -> Caller:
+    # Looked up in the database on every request (a unique index): a regenerated key stops
+    # the old one at once, in every process.
+    caller = await caller_by_api_key_hash(reader, sha256_hex(key))
+    if caller is None:
         raise Unauthorized(_BAD_CREDENTIALS, code="INVALID_API_KEY")
-    return user
+    return caller
 
 
 def _refuse_unusable_headers(
@@ -100,49 +98,53 @@ def _refuse_unusable_headers(
         raise Unauthorized(_BAD_CREDENTIALS, code="INVALID_API_KEY")
 
 
+# The protected router depends on current_user, and FastAPI solves a dependency's whole tree
+# on every request, even when its value is cached: its tree is kept to the two schemes (which
+# also declare the OpenAPI security), and the context is read from the request.
 async def current_user(
     request: Request,
-    ctx: CtxDep,
-    session: SessionDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     api_key: Annotated[str | None, Depends(api_key_scheme)],
-) -> User:
-    """Bearer token or x-api-key. Every credential presented must be valid (CONTRACT.md §2)."""
+) -> Caller:
+    """Bearer token or x-api-key. Every credential presented must be valid (CONTRACT.md §2).
+    One indexed lookup per credential, outside the request's session (Core, read-only)."""
     _refuse_unusable_headers(request, bearer, api_key)
     if bearer is None and not api_key:
         raise Unauthorized(
             "Missing credentials: send 'Authorization: Bearer <token>' or 'x-api-key'."
         )
-    user: User | None = None
+    ctx: AppContext = request.app.state.ctx
+    reader = point_reader(ctx.engine)
+    caller: Caller | None = None
     if bearer is not None:
-        user = await _user_from_bearer(ctx, session, bearer.credentials)
+        caller = await _caller_from_bearer(ctx, reader, bearer.credentials)
     if api_key:
-        key_user = await _user_from_api_key(session, api_key)
-        if user is not None and key_user.id != user.id:
+        key_caller = await _caller_from_api_key(reader, api_key)
+        if caller is not None and key_caller.id != caller.id:
             raise Unauthorized("The bearer token and the API key belong to different users.")
-        user = key_user
-    assert user is not None
-    return user
+        caller = key_caller
+    assert caller is not None
+    return caller
+
+
+CurrentCaller = Annotated[Caller, Depends(current_user)]
+
+
+async def session_user(caller: CurrentCaller, session: SessionDep) -> User:
+    """The caller as an ORM object of the request's session, from the row current_user read."""
+    return caller.user_in(session)
 
 
 async def bearer_user(
-    request: Request,
-    ctx: CtxDep,
-    session: SessionDep,
+    user: Annotated[User, Depends(session_user)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-    api_key: Annotated[str | None, Depends(api_key_scheme)],
 ) -> User:
-    """Bearer token only: an API key cannot mint API keys."""
-    _refuse_unusable_headers(request, bearer, api_key)
+    """Bearer token only: an API key cannot mint API keys. current_user, which session_user
+    depends on, has checked every credential presented by then."""
     if bearer is None:
         raise Unauthorized("This endpoint takes a Bearer access token; an API key is not enough.")
-    user = await _user_from_bearer(ctx, session, bearer.credentials)
-    if api_key:
-        key_user = await _user_from_api_key(session, api_key)
-        if key_user.id != user.id:
-            raise Unauthorized("The bearer token and the API key belong to different users.")
     return user
 
 
-CurrentUser = Annotated[User, Depends(current_user)]
+CurrentUser = Annotated[User, Depends(session_user)]
 BearerUser = Annotated[User, Depends(bearer_user)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +20,10 @@ from app.config import Settings
 JWT_ISSUER = "talkstack"
 JWT_AUDIENCE = "talkstack-api"
 ACCESS = "access"
+# Seconds of clock skew allowed on exp/iat.
+JWT_LEEWAY = 5
+# Access tokens remembered as verified (see TokenSigner.decode_access); the oldest go first.
+VERIFIED_TOKENS_KEPT = 1024
 
 
 def sha256_hex(value: str) -> str:
@@ -83,6 +88,8 @@ class TokenSigner:
         self._algorithm = algorithm
         self._ttl = timedelta(seconds=ttl_seconds)
         self._jwt = jwt.PyJWT(options={"enforce_minimum_key_length": True})
+        # Access tokens that passed decode_access, by their text: (claims, exp).
+        self._verified: dict[str, tuple[AccessClaims, int]] = {}
         # Keys derived from the same secret for other uses stay apart from the JWT key.
         self.code_pepper = self.derive_key(b"verification-code")
 
@@ -106,7 +113,20 @@ class TokenSigner:
         return self._jwt.encode(claims, self._secret, algorithm=self._algorithm), expires
 
     def decode_access(self, token: str) -> AccessClaims:
-        """Raises jwt.InvalidTokenError for anything but a valid, unexpired access token."""
+        """Raises jwt.InvalidTokenError for anything but a valid, unexpired access token.
+
+        What a token says cannot change (it is signed), so each one is verified once (PyJWT
+        takes ~80 us, as much as a whole light request) and remembered by its exact text;
+        later uses check only that it has not expired since. Whether its user still honours it
+        (token version, verified email) is for the caller to ask the database, every time.
+        """
+        known = self._verified.get(token)
+        if known is not None:
+            access, exp = known
+            if exp > time.time() - JWT_LEEWAY:  # as PyJWT decides it
+                return access
+            del self._verified[token]
+            raise jwt.ExpiredSignatureError("Signature has expired")
         claims = self._jwt.decode(
             token,
             self._secret,
@@ -114,14 +134,19 @@ class TokenSigner:
             audience=JWT_AUDIENCE,
             issuer=JWT_ISSUER,
             options={"require": ["exp", "iat", "sub", "jti", "typ"]},
-            leeway=5,
+            leeway=JWT_LEEWAY,
         )
         if claims.get("typ") != ACCESS:
             raise jwt.InvalidTokenError("wrong token type")
         try:
-            return AccessClaims(uuid.UUID(claims["sub"]), str(claims["jti"]), int(claims["ver"]))
+            access = AccessClaims(uuid.UUID(claims["sub"]), str(claims["jti"]), int(claims["ver"]))
+            exp = int(claims["exp"])
         except (KeyError, ValueError, TypeError) as exc:
             raise jwt.InvalidTokenError("malformed claims") from exc
+        if len(self._verified) >= VERIFIED_TOKENS_KEPT:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = (access, exp)
+        return access
 
     def code_hash(self, email: str, code: str) -> str:
         return hmac.new(self.code_pepper, f"{email}:{code}".encode(), "sha256").hexdigest()

@@ -32,7 +32,21 @@ from bench.loadgen import Load, Result, run
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE = re.compile(r"verification code is: (\d{6})")
-SERVER_FLAGS = ["--workers", "1", "--no-access-log", "--log-level", "warning"]
+# Both servers, the ceiling and the app, run with exactly these flags. The event loop and the
+# HTTP parser are named rather than left to "auto", so that both always use uvloop and
+# httptools (the project's dependencies), and a missing one fails loudly instead of quietly
+# measuring something slower.
+SERVER_FLAGS = [
+    "--workers",
+    "1",
+    "--loop",
+    "uvloop",
+    "--http",
+    "httptools",
+    "--no-access-log",
+    "--log-level",
+    "warning",
+]
 
 
 def free_port() -> int:
@@ -215,8 +229,8 @@ def main() -> None:
         )
         database = env["DATABASE_URL"].split("://", 1)[0]
         print(
-            f"{database}; one uvicorn worker on cpu {args.server_cpu}, load generator on cpus "
-            f"{args.client_cpus}; {args.connections} connections, "
+            f"{database}; one uvicorn worker (uvloop, httptools) on cpu {args.server_cpu}, "
+            f"load generator on cpus {args.client_cpus}; {args.connections} connections, "
             f"{args.warmup:g}s warm-up + {args.duration:g}s measured"
         )
         with serve("bench.ceiling_app:create_app", env, args.server_cpu, tmp / "ceiling.log") as s:

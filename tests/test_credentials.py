@@ -12,9 +12,10 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+from sqlalchemy import delete
 
 from app.models import User
-from app.security import JWT_AUDIENCE, JWT_ISSUER, sha256_hex
+from app.security import JWT_AUDIENCE, JWT_ISSUER, JWT_LEEWAY, TokenSigner, sha256_hex
 from tests.conftest import TEST_SECRET
 from tests.factories import (
     Account,
@@ -329,3 +330,90 @@ async def test_an_api_key_of_a_user_whose_token_version_moved_still_works(client
     await db_update(app, User, User.id == uuid.UUID(acct.user_id), token_version=5)
     assert not await is_authenticated(client, acct.bearer)
     assert await is_authenticated(client, {"x-api-key": key})
+
+
+# --- checked against the database on every request ---------------------------------------------
+
+
+async def test_a_key_replaced_behind_the_apis_back_stops_at_once(client, mailbox, app):
+    """As another process regenerating the key would: nothing in this one remembers the old."""
+    acct = await verified_account(client, mailbox)
+    old = await api_key_for(client, acct)
+    assert await _status(client, {"x-api-key": old}) == 404
+    new = "ab" * 32
+    await db_update(app, User, User.id == uuid.UUID(acct.user_id), api_key_hash=sha256_hex(new))
+    assert_error(await client.get(PROTECTED, headers={"x-api-key": old}), 401, "INVALID_API_KEY")
+    assert await _status(client, {"x-api-key": new}) == 404
+
+
+async def test_a_token_already_used_stops_when_its_version_moves(client, mailbox, app):
+    acct = await verified_account(client, mailbox)
+    assert await _status(client, acct.bearer) == 404
+    assert await _status(client, acct.bearer) == 404
+    await db_update(app, User, User.id == uuid.UUID(acct.user_id), token_version=1)
+    assert_error(await client.get(PROTECTED, headers=acct.bearer), 401, "INVALID_TOKEN")
+
+
+async def test_a_token_already_used_stops_when_its_user_is_unverified(client, mailbox, app):
+    acct = await verified_account(client, mailbox)
+    key = await api_key_for(client, acct)
+    assert await _status(client, acct.bearer) == 404
+    await db_update(app, User, User.id == uuid.UUID(acct.user_id), verified=False)
+    assert_error(await client.get(PROTECTED, headers=acct.bearer), 401, "INVALID_TOKEN")
+    # An API key is refused only when it is not the user's current one, as before.
+    assert await _status(client, {"x-api-key": key}) == 404
+
+
+async def test_a_token_of_a_deleted_user_is_401(client, mailbox, app):
+    acct = await verified_account(client, mailbox)
+    assert await _status(client, acct.bearer) == 404
+    async with app.state.ctx.sessionmaker() as session:
+        await session.execute(delete(User).where(User.id == uuid.UUID(acct.user_id)))
+        await session.commit()
+    assert_error(await client.get(PROTECTED, headers=acct.bearer), 401, "INVALID_TOKEN")
+
+
+# --- TokenSigner: each token is verified once -----------------------------------------------------
+
+
+def _signer() -> TokenSigner:
+    return TokenSigner(TEST_SECRET, algorithm="HS256", ttl_seconds=7200)
+
+
+def test_a_remembered_token_still_expires(monkeypatch):
+    signer = _signer()
+    user_id = uuid.uuid4()
+    token, expires = signer.issue_access(user_id, 3)
+    assert signer.decode_access(token) == signer.decode_access(token)
+    assert signer.decode_access(token).user_id == user_id
+    later = expires.timestamp() + JWT_LEEWAY + 1
+    monkeypatch.setattr("app.security.time.time", lambda: later)
+    with pytest.raises(jwt.ExpiredSignatureError):
+        signer.decode_access(token)
+    assert token not in signer._verified  # and forgotten
+
+
+def test_a_token_is_remembered_by_its_exact_text():
+    signer = _signer()
+    token, _ = signer.issue_access(uuid.uuid4(), 0)
+    signer.decode_access(token)
+    head, payload, signature = token.split(".")
+    forged = _b64({**json.loads(base64.urlsafe_b64decode(payload + "==")), "ver": 9})
+    for other in (f"{head}.{forged}.{signature}", token + "x", token[:-1]):
+        with pytest.raises(jwt.InvalidTokenError):
+            signer.decode_access(other)
+    with pytest.raises(jwt.InvalidTokenError):  # another key
+        TokenSigner("another-" + TEST_SECRET, algorithm="HS256", ttl_seconds=60).decode_access(
+            token
+        )
+
+
+def test_only_so_many_tokens_are_remembered(monkeypatch):
+    monkeypatch.setattr("app.security.VERIFIED_TOKENS_KEPT", 3)
+    signer = _signer()
+    tokens = [signer.issue_access(uuid.uuid4(), 0)[0] for _ in range(5)]
+    for token in tokens:
+        signer.decode_access(token)
+    assert list(signer._verified) == tokens[2:]
+    # A forgotten token is verified again, not refused.
+    assert signer.decode_access(tokens[0]).token_version == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.deps import BearerUser, CurrentUser, SessionDep
+from app.deps import BearerUser, CurrentCaller, CurrentUser, SessionDep
 from app.project.schemas import ProjectOut
 from app.schemas import error_responses
 from app.user import service
@@ -14,6 +14,7 @@ from app.user.schemas import (
     SetActiveProjectIn,
     SetActiveProjectOut,
     UserOut,
+    active_project_out,
 )
 
 router = APIRouter(prefix="/user", tags=["user"])
@@ -44,9 +45,10 @@ async def set_active_project(
 @router.get(
     "/get-active-project", response_model=ActiveProjectOut, responses=error_responses(401, 404)
 )
-async def get_active_project(user: CurrentUser, session: SessionDep) -> ActiveProjectOut:
+async def get_active_project(caller: CurrentCaller) -> ActiveProjectOut:
     """The active project; 404 when none is set."""
-    project = await service.get_active_project(session, user=user)
+    # No session: the credential lookup brought the active project along.
+    project = service.get_active_project(caller)
     return ActiveProjectOut(
-        message="fetched active project data.", projectData=ProjectOut.of(project)
+        message="fetched active project data.", projectData=active_project_out(project)
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.auth.credentials import ActiveProject, Caller
 from app.db import utcnow
 from app.errors import NotFound
 from app.models import Project, User
@@ -28,11 +29,8 @@ async def set_active_project(session: AsyncSession, *, user: User, project_id: s
     return project
 
 
-async def get_active_project(session: AsyncSession, *, user: User) -> Project:
-    none_set = NotFound("No active project is set.", code="NO_ACTIVE_PROJECT")
-    if user.active_project_id is None:
-        raise none_set
-    try:
-        return await get_owned_project(session, user=user, project_id=user.active_project_id)
-    except NotFound:  # the active project was deleted since
-        raise none_set from None
+def get_active_project(caller: Caller) -> ActiveProject:
+    """Read with the caller's credential (a live project of theirs, or none): no query."""
+    if caller.active_project is None:  # none set, or the active project was deleted since
+        raise NotFound("No active project is set.", code="NO_ACTIVE_PROJECT")
+    return caller.active_project
