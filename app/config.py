@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_timeout_seconds: float = 10.0
 
+    # HubSpot (app/hubspot): each project connects its own account with a private-app token.
     hubspot_api_base_url: str = "https://api.hubapi.com"
+    hubspot_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
     redis_url: str | None = None
     webhook_allow_private_hosts: bool = False
     webhook_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0

@@ -28,6 +28,7 @@ from app.conversation.router import router as conversation_router
 from app.db import make_engine, make_sessionmaker
 from app.deps import current_user
 from app.errors import NotConfigured, install_error_handlers
+from app.hubspot.router import router as hubspot_router
 from app.jobs.registry import running_worker
 from app.mail import build_mailer
 from app.openapi import correct_openapi
@@ -188,6 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     protected.include_router(batch_router)
     protected.include_router(call_router)
     protected.include_router(voice_router)
+    protected.include_router(hubspot_router)
     app.include_router(protected)
     correct_openapi(app)
     return app

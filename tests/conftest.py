@@ -20,7 +20,7 @@ from app.config import Settings
 from app.main import create_app
 from tests.mailbox import Mailbox
 
-pytest_plugins = ["tests.standins.twilio", "tests.standins.llm"]
+pytest_plugins = ["tests.standins.twilio", "tests.standins.llm", "tests.standins.hubspot"]
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/postgres")

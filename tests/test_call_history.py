@@ -196,3 +196,43 @@ async def test_another_users_project_is_404(client, seeded, mailbox):
         "/call/get-call-history", json={"projectId": seeded["project"]}, headers=key
     )
     assert_error(r, 404, "PROJECT_NOT_FOUND")
+
+
+async def test_end_filters_find_calls_that_ended_a_little_before_they_started(client, seeded, app):
+    # Twilio's Timestamp (whole seconds, Twilio's clock) can put a short call's end a moment
+    # before the created_at this server gave it: the end filters still find it, though the
+    # query also bounds created_at by the end filter (so it scans only the right calls).
+    project = uuid.UUID(seeded["project"])
+    user = seeded["calls"][0].user_id
+    skewed = []
+    for created, ended in (
+        ("2025-04-10T23:59:50", "2025-04-10T23:59:41"),
+        ("2025-04-11T00:00:04", "2025-04-10T23:59:59"),
+    ):
+        skewed.append(
+            Call(
+                call_sid="CA" + uuid.uuid4().hex,
+                user_id=user,
+                project_id=project,
+                to_number=NUMBERS[2],
+                from_number=FROM[0],
+                status="failed",
+                created_at=datetime.fromisoformat(created).replace(tzinfo=UTC),
+                ended_at=datetime.fromisoformat(ended).replace(tzinfo=UTC),
+            )
+        )
+    async with app.state.ctx.sessionmaker() as s:
+        s.add_all(skewed)
+        await s.commit()
+    everything = [*seeded["calls"], *skewed]
+
+    for params, keep in (
+        (
+            {"endTime": "2025-04-10"},
+            lambda c: c.ended_at and c.ended_at.date().isoformat() == "2025-04-10",
+        ),
+        ({"endTimeBefore": "2025-04-10"}, lambda c: c.ended_at and c.ended_at < day("2025-04-11")),
+    ):
+        want = expected(everything, keep)
+        assert {c.call_sid for c in skewed} <= set(want)
+        assert await walk(client, seeded, 7, params) == want

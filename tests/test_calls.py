@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import uuid
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from twilio.request_validator import RequestValidator
 
-from app.models import Call, Job
+from app.call import callbacks
+from app.models import Call, Job, Project
 from tests.factories import api_key_for, assert_error, verified_account
 from tests.standins.twilio import AUTH_TOKEN
 
@@ -307,3 +310,147 @@ async def test_price_job_stores_positive_cost(client, setup, twilio_standin, app
     assert (await get_call(client, setup, sid))["cost"] == 0.013
     async with app.state.ctx.sessionmaker() as s:
         assert (await s.execute(select(func.count()).select_from(Call))).scalar() == 1
+
+
+# -- status callbacks written in batches ---------------------------------------------------------
+
+
+async def _hook(app, setup) -> None:
+    """The project gets a webhook URL (set in the database: nothing is delivered here)."""
+    async with app.state.ctx.sessionmaker() as s:
+        project = await s.get(Project, uuid.UUID(setup["project"]))
+        assert project is not None
+        project.call_status_webhook = "https://hooks.example.com/talkstack"
+        project.webhook_secret = "s" * 32
+        await s.commit()
+
+
+async def _jobs(app, kind: str) -> list[Job]:
+    async with app.state.ctx.sessionmaker() as s:
+        found = await s.scalars(select(Job).where(Job.kind == kind).order_by(Job.created_at))
+        return list(found)
+
+
+async def test_concurrent_status_callbacks_move_each_call_forward_once(
+    client, setup, twilio_standin, app
+):
+    await _hook(app, setup)
+    sids = [await _placed(client, setup) for _ in range(3)]
+    cbs = []
+    for sid in sids:
+        for status in ("initiated", "ringing", "in-progress"):
+            cbs.append(twilio_standin.callback(sid, "status", CallStatus=status))
+        cbs.append(twilio_standin.callback(sid, "status", CallStatus="completed", CallDuration=41))
+    random.Random(5).shuffle(cbs)  # late ones among them: each is applied or ignored, alone
+
+    responses = await asyncio.gather(*(twilio_standin.deliver(client, cb) for cb in cbs))
+
+    assert {r.status_code for r in responses} == {204}
+    for sid in sids:
+        call = await get_call(client, setup, sid)
+        assert (call["status"], call["seconds"]) == ("completed", 41)
+    prices = [j.payload["call_id"] for j in await _jobs(app, "call.price")]
+    assert sorted(prices) == sorted(str(c.id) for c in await calls(app))
+    events: dict[str, list[str]] = {sid: [] for sid in sids}
+    for job in await _jobs(app, "webhook.call_event"):
+        call = json.loads(job.payload["body"])["call"]
+        events[call["callSid"]].append(call["status"])
+    order = ["initiated", "ringing", "in-progress", "completed"]
+    for statuses in events.values():
+        # One event per change, never backwards, ending with the final status.
+        assert statuses == sorted(statuses, key=order.index) and len(set(statuses)) == len(statuses)
+        assert statuses[-1] == "completed"
+
+
+async def test_status_callbacks_arriving_together_share_one_transaction(
+    client, setup, twilio_standin, app, monkeypatch
+):
+    await _hook(app, setup)
+    sids = [await _placed(client, setup) for _ in range(4)]
+    rows = {c.call_sid: c.id for c in await calls(app)}
+    bad = sids[1]
+    real = callbacks.status_update
+
+    def failing_for_bad(**kwargs: Any) -> callbacks.StatusUpdate:
+        if kwargs["sid"] == bad:
+            raise RuntimeError("this callback cannot be applied")
+        return real(**kwargs)
+
+    monkeypatch.setattr(callbacks, "status_update", failing_for_bad)
+    commits: list[int] = []
+    engine = app.state.ctx.engine.sync_engine
+    count = lambda _conn: commits.append(1)  # noqa: E731
+    event.listen(engine, "commit", count)
+    ingest = callbacks.status_ingest(app.state.ctx.sessionmaker)
+    try:
+        # Applied from one task each, as requests are: all are waiting before the first write.
+        results = await asyncio.gather(
+            *(
+                ingest.apply(rows[sid], {"CallSid": sid, "CallStatus": "ringing"})
+                for sid in [*sids, sids[0]]  # the last one repeats the first: no change
+            ),
+            return_exceptions=True,
+        )
+    finally:
+        event.remove(engine, "commit", count)
+
+    assert results[0] is True and results[2] is True and results[3] is True
+    assert results[4] is False
+    assert isinstance(results[1], RuntimeError)
+    # The batch failed on the bad callback and was written again one callback at a time.
+    assert len(commits) == 4
+    statuses = {c.call_sid: c.status for c in await calls(app)}
+    assert statuses == {sids[0]: "ringing", bad: "queued", sids[2]: "ringing", sids[3]: "ringing"}
+    assert len(await _jobs(app, "webhook.call_event")) == 3
+
+
+async def test_one_batch_writes_many_callbacks_in_one_commit(client, setup, twilio_standin, app):
+    sids = [await _placed(client, setup) for _ in range(5)]
+    rows = {c.call_sid: c.id for c in await calls(app)}
+    commits: list[int] = []
+    engine = app.state.ctx.engine.sync_engine
+    count = lambda _conn: commits.append(1)  # noqa: E731
+    event.listen(engine, "commit", count)
+    ingest = callbacks.status_ingest(app.state.ctx.sessionmaker)
+    try:
+        results = await asyncio.gather(
+            *(
+                ingest.apply(
+                    rows[sid], {"CallSid": sid, "CallStatus": status, "SequenceNumber": str(n)}
+                )
+                for sid in sids
+                for n, status in enumerate(("ringing", "in-progress"))
+            )
+        )
+    finally:
+        event.remove(engine, "commit", count)
+
+    assert results == [True] * 10 and len(commits) == 1
+    assert {c.status for c in await calls(app)} == {"in-progress"}
+
+
+async def test_a_callback_that_changes_nothing_reads_no_project_and_writes_nothing(
+    client, setup, twilio_standin, app
+):
+    await _hook(app, setup)
+    sid = await _placed(client, setup)
+    ringing = twilio_standin.callback(sid, "status", CallStatus="ringing")
+    assert (await twilio_standin.deliver(client, ringing)).status_code == 204
+    statements: list[str] = []
+    engine = app.state.ctx.engine.sync_engine
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        # Twilio retries the callback: the same SequenceNumber again.
+        assert (await twilio_standin.deliver(client, ringing)).status_code == 204
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+
+    assert any("FROM calls" in s for s in statements)
+    assert not [
+        s for s in statements if "projects" in s or s.lstrip().startswith(("UPDATE", "INSERT"))
+    ]
+    assert len(await _jobs(app, "webhook.call_event")) == 1

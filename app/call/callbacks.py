@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
+import weakref
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+from types import SimpleNamespace
+from typing import Any, cast
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.call import status as states
 from app.call.events import call_changed
-from app.db import utcnow
-from app.jobs.queue import enqueue
-from app.models import Call
+from app.call.schemas import CallOut
+from app.conversation.analysis import has_conversation
+from app.db import new_id, utcnow
+from app.hubspot import jobs as hubspot_jobs
+from app.jobs import webhooks
+from app.jobs.queue import _ENQUEUED as _JOBS_ENQUEUED
+from app.jobs.queue import QUEUED, enqueue
+from app.models import Call, Job, Project
 
 log = logging.getLogger("talkstack.call.callbacks")
 
 PRICE_JOB = "call.price"
+PRICE_ATTEMPTS = 8
 
 
 def _when(params: Mapping[str, str]) -> datetime:
@@ -34,36 +47,311 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-async def apply_status(session: AsyncSession, call: Call, params: Mapping[str, str]) -> bool:
-    """Apply one status callback; return whether the call's status changed."""
+def same_call(call_sid: str | None, sid: str | None) -> bool:
+    """Whether a callback naming Call SID `sid` is about the call stored with `call_sid` (a
+    callback can beat place_call to storing the SID)."""
+    return call_sid is None or not sid or sid == call_sid
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """What one status callback does to a call."""
+
+    values: dict[str, Any]  # the columns to write; empty: nothing changes
+    changed: bool  # the status moved: the project's webhook hears about it
+    completed: bool  # Twilio says completed: its price is to be fetched
+
+
+def status_update(
+    *,
+    sid: str | None,
+    status: str,
+    last_sequence: int,
+    answered_by: str | None,
+    ended_reason: str | None,
+    params: Mapping[str, str],
+) -> StatusUpdate:
+    """The changes a status callback makes to a call in this state: forward only, in
+    SequenceNumber order (a late or repeated callback changes nothing)."""
+    values: dict[str, Any] = {}
     sequence = _int(params.get("SequenceNumber"))
     if sequence is not None:
-        if sequence <= call.last_sequence:
-            log.info("call %s: late or repeated callback #%s ignored", call.call_sid, sequence)
-            return False
-        call.last_sequence = sequence
+        if sequence <= last_sequence:
+            log.info("call %s: late or repeated callback #%s ignored", sid, sequence)
+            return StatusUpdate(values, changed=False, completed=False)
+        values["last_sequence"] = sequence
     new = params.get("CallStatus", "")
-    if not states.advances(call.status, new):
-        return False
+    if not states.advances(status, new):
+        return StatusUpdate(values, changed=False, completed=False)
     when = _when(params)
-    call.status = states.final_status(new, call.answered_by, call.ended_reason)
+    values["status"] = states.final_status(new, answered_by, ended_reason)
     if new == "in-progress":
-        call.answered_at = when
+        values["answered_at"] = when
     if new in states.FINAL:
-        call.ended_at = when
-        call.seconds = _int(params.get("CallDuration")) or 0
-        call.ended_reason = call.ended_reason or new
-        if new == "completed":
-            # Twilio prices a call after it ends, sometimes minutes later: ask for it then.
-            await enqueue(
-                session,
-                kind=PRICE_JOB,
-                payload={"call_id": str(call.id)},
-                project_id=call.project_id,
-                max_attempts=8,
-            )
-    await call_changed(session, call)
-    return True
+        values["ended_at"] = when
+        values["seconds"] = _int(params.get("CallDuration")) or 0
+        values["ended_reason"] = ended_reason or new
+    # Twilio prices a call after it ends, sometimes minutes later: ask for it then.
+    return StatusUpdate(values, changed=True, completed=new == "completed")
+
+
+async def _enqueue_price(session: AsyncSession, call_id: uuid.UUID, project_id: uuid.UUID) -> None:
+    await enqueue(
+        session,
+        kind=PRICE_JOB,
+        payload={"call_id": str(call_id)},
+        project_id=project_id,
+        max_attempts=PRICE_ATTEMPTS,
+    )
+
+
+async def apply_status(session: AsyncSession, call: Call, params: Mapping[str, str]) -> bool:
+    """Apply one status callback to a loaded call; return whether the call's status changed."""
+    change = status_update(
+        sid=call.call_sid,
+        status=call.status,
+        last_sequence=call.last_sequence,
+        answered_by=call.answered_by,
+        ended_reason=call.ended_reason,
+        params=params,
+    )
+    for column, value in change.values.items():
+        setattr(call, column, value)
+    if change.completed:
+        await _enqueue_price(session, call.id, call.project_id)
+    if change.changed:
+        await call_changed(session, call)
+        await _sync_if_final(session, call)
+    return change.changed
+
+
+_CALLS = cast(Table, Call.__table__)
+_JOBS = cast(Table, Job.__table__)
+_PROJECTS = cast(Table, Project.__table__)
+# Built once: Twilio's status callbacks are the app's busiest request.
+_LOCK_CALLS = (
+    select(_CALLS)
+    .where(_CALLS.c.id.in_(bindparam("call_ids", expanding=True)))
+    .order_by(_CALLS.c.id)  # every writer locks in the same order: no deadlock between them
+    .with_for_update()
+)
+_UPDATE_CALL = update(_CALLS).where(_CALLS.c.id == bindparam("call_id"))
+_WITH_WEBHOOK = select(_PROJECTS.c.id).where(
+    _PROJECTS.c.id.in_(bindparam("project_ids", expanding=True)),
+    _PROJECTS.c.call_status_webhook.is_not(None),
+    _PROJECTS.c.call_status_webhook != "",
+)
+_INSERT_JOB = insert(_JOBS)
+
+
+@dataclass(slots=True)
+class _Callback:
+    call_id: uuid.UUID
+    params: Mapping[str, str]
+    done: asyncio.Future[bool]
+
+
+class StatusIngest:
+    """Twilio's status callbacks, written in batches: the callbacks that arrive while one batch
+    is being written make up the next, and a batch is one transaction whatever its size (one
+    SELECT ... FOR UPDATE of its calls, an UPDATE per changed call sent as one executemany, one
+    INSERT of its jobs, one COMMIT). Each callback is answered once its batch has committed.
+
+    What a callback does is exactly apply_status (the same status_update): forward only, in
+    SequenceNumber order, each status change queuing its webhook event (and a completed call
+    its price fetch) in the transaction that stores it. Callbacks for one call are applied in
+    the order they arrived. A batch that fails is written again one callback per transaction,
+    so one bad callback fails alone.
+
+    One batch is written at a time. More at once did not help on PostgreSQL (smaller batches,
+    more CPU per callback, and the database needs the same cores) and cannot on SQLite (one
+    writer at a time).
+    """
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], max_batch: int = 64):
+        # Weakly: status_ingest() keeps one StatusIngest per sessionmaker in a
+        # WeakKeyDictionary, whose values must not keep their keys alive.
+        self._sessionmaker = weakref.ref(sessionmaker)
+        self._max_batch = max_batch
+        self._waiting: list[_Callback] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def apply(self, call_id: uuid.UUID, params: Mapping[str, str]) -> bool:
+        """Apply one status callback; return whether the call's status changed."""
+        callback = _Callback(call_id, params, asyncio.get_running_loop().create_future())
+        self._waiting.append(callback)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_waiting())
+        return await callback.done
+
+    async def _write_waiting(self) -> None:
+        batch: list[_Callback] = []
+        try:
+            while self._waiting:
+                batch = self._waiting[: self._max_batch]
+                del self._waiting[: self._max_batch]
+                await self._write(batch)
+        except BaseException:
+            # Only when this task itself is cancelled (the loop is closing): nobody waits forever.
+            for callback in batch:
+                _settle(callback, RuntimeError("status callback not written"))
+            raise
+        finally:
+            # No await between finding the queue empty and this: a callback queued from now on
+            # starts the next writer.
+            self._writer = None
+
+    async def _write(self, batch: list[_Callback]) -> None:
+        try:
+            results = await self._transaction(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0], exc)
+                return
+            log.warning("a batch of %d status callbacks failed (%r); one by one", len(batch), exc)
+            for callback in batch:
+                try:
+                    alone = await self._transaction([callback])
+                except Exception as one:
+                    _settle(callback, one)
+                else:
+                    _settle(callback, alone[0])
+            return
+        for callback, changed in zip(batch, results, strict=True):
+            _settle(callback, changed)
+
+    async def _transaction(self, batch: list[_Callback]) -> list[bool]:
+        sessionmaker = self._sessionmaker()
+        if sessionmaker is None:
+            raise RuntimeError("the app context of these status callbacks is gone")
+        async with sessionmaker() as session:
+            ids = list(dict.fromkeys(callback.call_id for callback in batch))
+            locked = await session.execute(_LOCK_CALLS, {"call_ids": ids})
+            calls = {row.id: row._asdict() for row in locked}
+            results: list[bool] = []
+            writes: dict[uuid.UUID, dict[str, Any]] = {}  # per call, the columns changed
+            events: list[tuple[uuid.UUID, Call]] = []  # (project, the call right after)
+            snapshots: list[Call] = []  # every call changed, as it now is
+            jobs: list[dict[str, Any]] = []
+            for callback in batch:
+                call = calls.get(callback.call_id)
+                sid = callback.params.get("CallSid")
+                if call is None or not same_call(call["call_sid"], sid):
+                    log.warning(
+                        "Twilio callback for unknown call %s (CallSid %s) ignored",
+                        callback.call_id,
+                        sid,
+                    )
+                    results.append(False)
+                    continue
+                change = status_update(
+                    sid=call["call_sid"] or sid,
+                    status=call["status"],
+                    last_sequence=call["last_sequence"],
+                    answered_by=call["answered_by"],
+                    ended_reason=call["ended_reason"],
+                    params=callback.params,
+                )
+                values = change.values
+                if call["call_sid"] is None and sid:
+                    values["call_sid"] = sid  # the callback beat place_call to storing the SID
+                call.update(values)
+                writes.setdefault(callback.call_id, {}).update(values)
+                if change.completed:
+                    jobs.append(_price_job(callback.call_id, call["project_id"]))
+                if change.changed:
+                    # The call as it is now, for its event: read-only, so a plain namespace of
+                    # its columns (building an ORM Call costs more than the whole UPDATE).
+                    snapshot = cast(Call, SimpleNamespace(**call))
+                    events.append((call["project_id"], snapshot))
+                    snapshots.append(snapshot)
+                results.append(change.changed)
+            await self._store(session, writes, events, jobs)
+            for snapshot in snapshots:
+                await _sync_if_final(session, snapshot)
+            await session.commit()
+        return results
+
+    @staticmethod
+    async def _store(
+        session: AsyncSession,
+        writes: dict[uuid.UUID, dict[str, Any]],
+        events: list[tuple[uuid.UUID, Call]],
+        jobs: list[dict[str, Any]],
+    ) -> None:
+        # One executemany per set of changed columns: only what changed is written.
+        now = utcnow()
+        by_columns: dict[frozenset[str], list[dict[str, Any]]] = {}
+        for call_id, values in writes.items():
+            if values:
+                rows = by_columns.setdefault(frozenset(values), [])
+                rows.append({"call_id": call_id, **values, "updated_at": now})
+        for rows in by_columns.values():
+            await session.execute(_UPDATE_CALL, rows)
+        if events:
+            # The project is read only when an event is due, once per batch.
+            project_ids = list(dict.fromkeys(project_id for project_id, _ in events))
+            hooked = set((await session.scalars(_WITH_WEBHOOK, {"project_ids": project_ids})).all())
+            for project_id, snapshot in events:
+                if project_id in hooked:
+                    payload = webhooks.call_event_payload(
+                        "call.status", CallOut.of(snapshot).public()
+                    )
+                    jobs.append(_job(webhooks.KIND, payload, project_id, webhooks.MAX_ATTEMPTS))
+        if jobs:
+            await session.execute(_INSERT_JOB, jobs)
+            # What queue.enqueue does: workers in this process wake when this commits.
+            session.info[_JOBS_ENQUEUED] = True
+
+
+def _settle(callback: _Callback, outcome: bool | BaseException) -> None:
+    if callback.done.done():  # its request was cancelled (Twilio hung up): nobody to answer
+        return
+    if isinstance(outcome, BaseException):
+        callback.done.set_exception(outcome)
+    else:
+        callback.done.set_result(outcome)
+
+
+def _job(
+    kind: str, payload: dict[str, Any], project_id: uuid.UUID, attempts: int
+) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "id": new_id(),
+        "kind": kind,
+        "payload": payload,
+        "project_id": project_id,
+        "status": QUEUED,
+        "attempts": 0,
+        "max_attempts": attempts,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _price_job(call_id: uuid.UUID, project_id: uuid.UUID) -> dict[str, Any]:
+    return _job(PRICE_JOB, {"call_id": str(call_id)}, project_id, PRICE_ATTEMPTS)
+
+
+_ingests: weakref.WeakKeyDictionary[async_sessionmaker[AsyncSession], StatusIngest] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def status_ingest(sessionmaker: async_sessionmaker[AsyncSession]) -> StatusIngest:
+    """The batch writer of status callbacks for this sessionmaker (one per app context)."""
+    ingest = _ingests.get(sessionmaker)
+    if ingest is None:
+        ingest = _ingests[sessionmaker] = StatusIngest(sessionmaker)
+    return ingest
+
+
+async def _sync_if_final(session: AsyncSession, call: Call) -> None:
+    # A call with a conversation reaches HubSpot after its analysis, with the summary.
+    if call.status in states.FINAL and not has_conversation(call.transcript):
+        await hubspot_jobs.call_finished(session, call)
 
 
 async def apply_amd(session: AsyncSession, call: Call, params: Mapping[str, str]) -> bool:

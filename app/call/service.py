@@ -10,10 +10,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.call.events import call_changed
-from app.call.render import missing_variables, render
+from app.call.render import missing_variables, placeholders, render
 from app.context import AppContext
 from app.db import utcnow
 from app.errors import AppError, BadRequest, NotFound
+from app.hubspot import service as hubspot
 from app.models import Agent, Call, Project, User
 from app.phone import to_e164
 from app.phone_number.service import number_of_agent
@@ -33,6 +34,7 @@ class PreparedCall:
     variables: dict[str, str]
     system_instruction: str
     first_message: str | None
+    hubspot_contact_id: str | None = None
 
 
 async def prepare_call(
@@ -42,18 +44,38 @@ async def prepare_call(
     user: User,
     project_id: str,
     agent_id: str,
-    number: str,
+    number: str | None,
     variables: dict[str, str],
+    hubspot_contact_id: str | None = None,
 ) -> PreparedCall:
-    """Everything that can refuse the call without side effects: ids, number, variables."""
+    """Everything that can refuse the call without side effects: ids, number, variables.
+
+    With `hubspot_contact_id` instead of `number`, the number and `hubspot.*` variables come
+    from that contact of the project's HubSpot (`variables` win over them).
+    """
     project = await get_owned_project(session, user=user, project_id=project_id)
     agent = await get_owned_agent(session, project=project, agent_id=agent_id)
-    to = to_e164(number, field="number")
+    to = to_e164(number, field="number") if number is not None else None
     from_ = await number_of_agent(session, agent.id)
     if from_ is None:
         raise BadRequest(
             "The agent has no phone number to call from; assign one with /phone-number/add-number.",
             code="AGENT_HAS_NO_NUMBER",
+        )
+    if hubspot_contact_id is not None:
+        to, contact_variables = await hubspot.resolve_contact(
+            ctx,
+            session,
+            project=project,
+            contact_id=hubspot_contact_id,
+            properties=_hubspot_properties(agent),
+        )
+        variables = {**contact_variables, **variables}
+    if to is None:
+        raise BadRequest(
+            "Invalid request: give number or hubspotContactId.",
+            code="VALIDATION_ERROR",
+            errors=[{"field": "number", "message": "is required"}],
         )
     missing = missing_variables([agent.system_instruction, agent.first_message], variables)
     if missing:
@@ -74,7 +96,18 @@ async def prepare_call(
         variables=variables,
         system_instruction=render(agent.system_instruction, variables) or "",
         first_message=render(agent.first_message, variables),
+        hubspot_contact_id=hubspot_contact_id,
     )
+
+
+def _hubspot_properties(agent: Agent) -> list[str]:
+    """The contact properties the agent's prompts use ({{hubspot.<property>}})."""
+    prefix = hubspot.VARIABLE_PREFIX
+    return [
+        name[len(prefix) :]
+        for name in placeholders(agent.system_instruction) + placeholders(agent.first_message)
+        if name.startswith(prefix)
+    ]
 
 
 def callback_url(ctx: AppContext, call_id: uuid.UUID, kind: str) -> str:
@@ -104,6 +137,7 @@ async def place_call(
         dynamic_variables=prepared.variables,
         system_instruction=prepared.system_instruction,
         first_message=prepared.first_message,
+        hubspot_contact_id=prepared.hubspot_contact_id,
     )
     async with ctx.sessionmaker() as session:
         session.add(call)

@@ -23,6 +23,7 @@ from app.call.schemas import CallOut
 from app.context import AppContext
 from app.conversation.llm import LanguageModel, LLMError, Message
 from app.errors import Conflict, UpstreamError
+from app.hubspot import jobs as hubspot_jobs
 from app.jobs.webhooks import enqueue_call_event
 from app.jobs.worker import RetryLater
 from app.models import Agent, Call, CallAnalysis, Project
@@ -205,6 +206,8 @@ async def run_analysis_job(ctx: AppContext, job: Any) -> None:
     try:
         result = await analyse(ctx.llm, transcript, questions)
     except LLMError as exc:
+        if job.attempts >= job.max_attempts:  # no analysis: HubSpot still gets the call
+            await hubspot_jobs.analysis_gave_up(ctx, call_id)
         raise RetryLater(delay=None, reason=str(exc)) from exc
     key = questions_key(questions, ctx.llm.model)
     async with ctx.sessionmaker() as session, session.begin():
@@ -213,6 +216,7 @@ async def run_analysis_job(ctx: AppContext, job: Any) -> None:
             return
         call.data = result
         await _remember(session, call_id, key, result)
+        await hubspot_jobs.call_finished(session, call)
         project = await session.get(Project, call.project_id)
         if project is not None:
             await enqueue_call_event(

@@ -14,12 +14,15 @@ from app.call.jobs import fetch_price
 from app.context import AppContext
 from app.conversation import analysis
 from app.db import make_engine, make_sessionmaker
+from app.hubspot import jobs as hubspot_jobs
 from app.jobs import webhooks
 from app.jobs.queue import wake_on_commit
 from app.jobs.worker import Handler, JobWorker
 
 # Kinds whose jobs of one project run one at a time, in the order they were queued.
-ORDERED_KINDS = frozenset({webhooks.KIND})
+# HubSpot syncs: one project's run one at a time, which keeps it under HubSpot's rate limits
+# and stops two calls to one new number from creating the contact twice.
+ORDERED_KINDS = frozenset({webhooks.KIND, hubspot_jobs.SYNC_JOB})
 
 
 @asynccontextmanager
@@ -34,6 +37,7 @@ async def job_handlers(ctx: AppContext) -> AsyncIterator[dict[str, Handler]]:
             webhooks.KIND: deliver,
             callbacks.PRICE_JOB: partial(fetch_price, ctx),
             analysis.ANALYZE_JOB: partial(analysis.run_analysis_job, ctx),
+            hubspot_jobs.SYNC_JOB: partial(hubspot_jobs.run_sync_job, ctx),
             DIAL_JOB: BatchDialer(ctx, pacer),
         }
 

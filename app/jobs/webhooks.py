@@ -50,19 +50,24 @@ async def enqueue_call_event(
     """
     if not project.call_status_webhook:
         return
+    await enqueue(
+        session,
+        kind=KIND,
+        payload=call_event_payload(event, call),
+        project_id=project.id,
+        max_attempts=MAX_ATTEMPTS,
+    )
+
+
+def call_event_payload(event: CallEvent, call: dict[str, Any]) -> dict[str, Any]:
+    """The payload of a `webhook.call_event` job: a new event id and the body, serialised."""
     event_id = f"evt_{uuid.uuid4().hex}"
     body = json.dumps(
         {"id": event_id, "event": event, "call": call, "timestamp": iso_ms(utcnow())},
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    await enqueue(
-        session,
-        kind=KIND,
-        payload={"event_id": event_id, "event": event, "body": body},
-        project_id=project.id,
-        max_attempts=MAX_ATTEMPTS,
-    )
+    return {"event_id": event_id, "event": event, "body": body}
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:

@@ -4,6 +4,7 @@ from app.models.agent import Agent
 from app.models.batch import Batch, BatchRow
 from app.models.call import Call
 from app.models.call_analysis import CallAnalysis
+from app.models.hubspot_connection import HubSpotConnection
 from app.models.idempotency_key import IdempotencyKey
 from app.models.job import Job
 from app.models.password_reset_token import PasswordResetToken
@@ -18,6 +19,7 @@ __all__ = [
     "BatchRow",
     "Call",
     "CallAnalysis",
+    "HubSpotConnection",
     "IdempotencyKey",
     "Job",
     "PasswordResetToken",

@@ -58,3 +58,7 @@ class Call(TimestampMixin, Base):
     last_sequence: Mapped[int] = mapped_column(Integer, nullable=False, default=-1)
     answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # HubSpot (app/hubspot): the contact called (given to makeCall, or found by the number) and
+    # the call engagement logged for this call, so a retried sync updates instead of duplicating.
+    hubspot_contact_id: Mapped[str | None] = mapped_column(String(32))
+    hubspot_call_id: Mapped[str | None] = mapped_column(String(32))
