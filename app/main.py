@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -136,7 +137,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.run_jobs_in_process:
                 # Stopped (running jobs finished or handed back) before the engine is disposed.
                 ctx.worker = await jobs.enter_async_context(running_worker(ctx))
-            yield
+            # What startup built (modules, models, catalogues) lives as long as the process:
+            # out of the collector's sight, a full collection no longer pauses live calls.
+            gc.collect()
+            gc.freeze()
+            try:
+                yield
+            finally:
+                gc.unfreeze()
 
     app = FastAPI(
         title="Talkstack API",
