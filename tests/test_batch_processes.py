@@ -211,7 +211,7 @@ async def test_two_servers_and_two_workers_share_one_pace_on_postgres_and_redis(
         tmp_path,
         RUN_JOBS_IN_PROCESS="false",
         BATCH_CALLS_PER_SECOND=str(rate),
-        REDIS_URL="redis://127.0.0.1:6379/0",
+        REDIS_URL=os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"),
     )
     servers = [start_server(procs, env, tmp_path, f"server-{i}") for i in (1, 2)]
     # Two batches of one project, uploaded to different servers: two dialing chains that the

@@ -536,3 +536,69 @@ def test_a_long_transcript_is_shortened_to_fit_hubspot():
     notes = body(_facts(transcript=[turn] * 100))
     assert len(notes) < 65_536 and notes.count("blah") > 5_000
     assert "(transcript shortened)" in notes
+
+
+# -- batch rows with hubspotContactId ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings_overrides", [{"run_jobs_in_process": True}], indirect=True)
+async def test_batch_rows_may_name_hubspot_contacts(app, client, setup, hubspot, twilio_standin):
+    r = await client.put(
+        "/agent",
+        json={"projectId": setup["project"], "agentId": setup["agent"],
+              "systemInstruction": "You call {{hubspot.firstname}} about {{topic}}."},
+        headers=setup["key"],
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    ana = hubspot.add_contact(mobilephone="+1 415 555 0177", firstname="Ana")
+    nobody = hubspot.add_contact(firstname="No Number")
+    content = (
+        "number,hubspotContactId,topic\n"
+        f",{ana},the offer\n"
+        ",999999,the offer\n"  # no such contact: fails when its turn comes
+        f",{nobody},the offer\n"  # a contact without a phone number
+        "+14155550123,,the renewal\n"  # a number: nothing fills {{hubspot.firstname}}
+        f"+14155550124,{ana},x\n"  # both: refused at upload
+        ",abc,x\n"
+    ).encode()
+
+    def upload() -> Any:
+        return client.post(
+            "/call/batch-call",
+            data={"projectId": setup["project"], "agentId": setup["agent"]},
+            files={"file": ("leads.csv", content, "text/csv")},
+            headers=setup["key"],
+        )
+
+    # Not connected yet: the rows that name contacts are refused, the others go.
+    r = await upload()
+    assert r.status_code == 200, r.text
+    refused = {x["row"]: x["error"] for x in r.json()["batch"]["rejected"]}
+    assert refused[2] == "hubspotContactId needs the project connected to HubSpot"
+    await client.post(f"/call/batch-call/{r.json()['batch']['id']}/cancel", headers=setup["key"])
+
+    assert (await connect(client, setup)).status_code == 200
+    r = await upload()
+    batch = r.json()["batch"]
+    assert (batch["total"], batch["accepted"]) == (6, 3)
+    assert {x["row"]: x["error"] for x in batch["rejected"]} == {
+        5: "missing variables: hubspot.firstname",
+        6: "give number or hubspotContactId, not both",
+        7: "hubspotContactId is not a HubSpot contact id",
+    }
+    deadline = time.monotonic() + 20
+    while True:
+        r = await client.get(f"/call/batch-call/{batch['id']}", headers=setup["key"])
+        body = r.json()
+        if body["batch"]["status"] != "running" or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    rows = {row["row"]: row for row in body["rows"]}
+    assert body["batch"]["status"] == "completed"
+    assert (rows[2]["state"], rows[2]["number"]) == ("dialed", "+14155550177")
+    assert rows[3]["state"] == "failed" and "contact" in rows[3]["error"].lower()
+    assert rows[4]["state"] == "failed" and rows[4]["error"]
+    call = await call_row(app, rows[2]["callSid"])
+    assert call.hubspot_contact_id == ana
+    assert call.system_instruction == "You call Ana about the offer."
+    assert [twilio_standin.call(s)["to"] for s in twilio_standin.call_sids] == ["+14155550177"]

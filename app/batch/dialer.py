@@ -31,13 +31,14 @@ import coredis
 from sqlalchemy import exists, func, select
 
 from app.batch.service import DIAL_JOB
-from app.call.render import render
-from app.call.service import callback_url
+from app.call.render import missing_variables, render
+from app.call.service import callback_url, hubspot_properties
 from app.call.status import FINAL
 from app.config import Settings
 from app.context import AppContext
 from app.db import utcnow
 from app.errors import AppError
+from app.hubspot import service as hubspot_service
 from app.jobs.queue import enqueue
 from app.models import Agent, Batch, BatchRow, Call, Job, Project
 from app.phone_number.service import number_of_agent
@@ -118,6 +119,13 @@ class Claim:
     claimed_at: datetime
 
 
+@dataclass
+class Resolve:
+    """The next row names a HubSpot contact: read its number before claiming it."""
+
+    row_id: uuid.UUID
+
+
 BUSY = "busy"  # nothing to dial right now (the cap is reached, or rows wait for a retry)
 DONE = "done"  # the batch has nothing left to dial
 
@@ -151,6 +159,9 @@ class BatchDialer:
                 if claim == BUSY:
                     await asyncio.sleep(min(0.5, max(self.interval, 0.05)))
                     continue
+                if isinstance(claim, Resolve):
+                    await self.resolve(claim.row_id)
+                    continue
                 assert isinstance(claim, Claim)
                 wait = await self.pacer.wait_time(str(claim.project_id), self.interval)
                 if wait > 0:
@@ -177,7 +188,7 @@ class BatchDialer:
 
     # -- claiming ---------------------------------------------------------------------------
 
-    async def claim(self, batch_id: uuid.UUID) -> Claim | str:
+    async def claim(self, batch_id: uuid.UUID) -> Claim | Resolve | str:
         now = utcnow()
         async with self.ctx.sessionmaker() as session, session.begin():
             batch = await session.get(Batch, batch_id)
@@ -219,6 +230,8 @@ class BatchDialer:
                     )
                 )
                 return BUSY if pending else DONE
+            if row.hubspot_contact_id and not row.number:
+                return Resolve(row.id)
             agent = await session.get(Agent, batch.agent_id)
             from_ = await number_of_agent(session, batch.agent_id) if agent else None
             if agent is None or agent.is_deleted or from_ is None:
@@ -232,6 +245,7 @@ class BatchDialer:
                     project_id=batch.project_id,
                     agent_id=agent.id,
                     batch_id=batch.id,
+                    hubspot_contact_id=row.hubspot_contact_id,
                     direction="outbound",
                     to_number=row.number,
                     from_number=from_,
@@ -255,6 +269,37 @@ class BatchDialer:
                 max_seconds=agent.max_call_duration_seconds,
                 claimed_at=now,
             )
+
+    async def resolve(self, row_id: uuid.UUID) -> None:
+        """A HubSpot row: its contact's number and properties (`hubspot.*` variables), or the
+        row fails with HubSpot's reason. Kept even when HubSpot refused the token (the
+        connection is then marked broken)."""
+        async with self.ctx.sessionmaker() as session:
+            row = await session.get(BatchRow, row_id, with_for_update=True)
+            batch = await session.get(Batch, row.batch_id) if row else None
+            project = await session.get(Project, batch.project_id) if batch else None
+            agent = await session.get(Agent, batch.agent_id) if batch else None
+            if row is None or project is None or agent is None or row.state != "queued":
+                return
+            try:
+                number, variables = await hubspot_service.resolve_contact(
+                    self.ctx,
+                    session,
+                    project=project,
+                    contact_id=row.hubspot_contact_id or "",
+                    properties=hubspot_properties(agent),
+                )
+            except AppError as exc:
+                row.state, row.error = "failed", exc.message
+                await session.commit()
+                return
+            merged = {**variables, **row.variables}
+            missing = missing_variables([agent.system_instruction, agent.first_message], merged)
+            if missing:
+                row.state, row.error = "failed", f"missing variables: {', '.join(missing)}"
+            else:
+                row.number, row.variables = number, merged
+            await session.commit()
 
     # -- dialing ----------------------------------------------------------------------------
 

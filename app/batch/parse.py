@@ -39,15 +39,20 @@ def _cell(value: Any) -> str:
 def _header(cells: list[str]) -> list[str]:
     names = [c.strip().lstrip("\ufeff") for c in cells]
     lowered = [n.lower() for n in names]
-    if "number" not in lowered:
+    if "number" not in lowered and "hubspotcontactid" not in lowered:
         raise FileRejected(
-            "The file needs a `number` column (the first row names the columns).",
+            "The file needs a `number` (or `hubspotContactId`) column (the first row names the "
+            "columns).",
             code="MISSING_NUMBER_COLUMN",
         )
     seen: set[str] = set()
     out = []
     for name, low in zip(names, lowered, strict=True):
-        key = {"number": "number", "dynamicvariables": "dynamicVariables"}.get(low, name)
+        key = {
+            "number": "number",
+            "dynamicvariables": "dynamicVariables",
+            "hubspotcontactid": "hubspotContactId",
+        }.get(low, name)
         if key and key in seen:
             raise FileRejected(f"The column {key!r} appears twice.", code="DUPLICATE_COLUMN")
         seen.add(key)

@@ -130,8 +130,10 @@ async def batch_call(
 def _in_thread(file: IO[bytes], filename: str) -> service.RowSource:
     """Parsing and validating rows is CPU work: done in a worker thread, a chunk at a time."""
 
-    def make(agent: Any) -> Any:
-        checked: Generator[service.Checked] = service.check_rows(read_rows(file, filename), agent)
+    def make(agent: Any, hubspot_connected: bool) -> Any:
+        checked: Generator[service.Checked] = service.check_rows(
+            read_rows(file, filename), agent, hubspot_connected
+        )
 
         def take() -> list[service.Checked]:
             out = []

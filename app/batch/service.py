@@ -19,8 +19,9 @@ from app.call.render import missing_variables
 from app.context import AppContext
 from app.db import utcnow
 from app.errors import AppError, BadRequest, Conflict, NotFound
+from app.hubspot import service as hubspot_service
 from app.jobs.queue import enqueue
-from app.models import Agent, Batch, BatchRow, User
+from app.models import Agent, Batch, BatchRow, HubSpotConnection, User
 from app.phone import to_e164
 from app.phone_number.service import number_of_agent
 from app.project.service import get_owned_agent, get_owned_project, parse_id
@@ -33,8 +34,10 @@ REJECTED_IN_ANSWER = 1000
 MAX_VARIABLES = 100
 
 
-# Given the agent, the validated rows in chunks (parsed off the event loop by the router).
-RowSource = Callable[[Agent], AsyncIterator[list["Checked"]]]
+# Given the agent and whether the project is connected to HubSpot, the validated rows in chunks
+# (parsed off the event loop by the router).
+RowSource = Callable[[Agent, bool], AsyncIterator[list["Checked"]]]
+HUBSPOT_PREFIX = "hubspot."
 
 
 @dataclass
@@ -43,11 +46,13 @@ class Checked:
     number: str
     variables: dict[str, str]
     error: str | None
+    hubspot_contact_id: str | None = None
 
 
 def _variables(cells: dict[str, str]) -> dict[str, str]:
     """Every other column, then the `dynamicVariables` JSON object over them."""
-    out = {k: v for k, v in cells.items() if k not in ("number", "dynamicVariables") and v}
+    special = ("number", "dynamicVariables", "hubspotContactId")
+    out = {k: v for k, v in cells.items() if k not in special and v}
     raw = cells.get("dynamicVariables", "")
     if raw:
         try:
@@ -68,7 +73,12 @@ def _variables(cells: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def check_rows(rows: Iterator[tuple[int, dict[str, str]]], agent: Agent) -> Generator[Checked]:
+def check_rows(
+    rows: Iterator[tuple[int, dict[str, str]]], agent: Agent, hubspot_connected: bool = False
+) -> Generator[Checked]:
+    """Each row checked as makeCall would check it. A row may name a HubSpot contact
+    (`hubspotContactId`) instead of a number: its number and `hubspot.*` variables are read
+    from HubSpot when it is dialed."""
     templates = [agent.system_instruction, agent.first_message]
     count = 0
     for line, cells in rows:
@@ -79,21 +89,38 @@ def check_rows(rows: Iterator[tuple[int, dict[str, str]]], agent: Agent) -> Gene
                 code="TOO_MANY_ROWS",
             )
         raw = cells.get("number", "")
-        try:
-            number = to_e164(raw, field="number")
-        except AppError:
-            yield Checked(line, raw[:64], {}, "number is not a valid phone number in E.164 form")
+        contact = cells.get("hubspotContactId", "").strip()
+        if contact and raw:
+            yield Checked(line, raw[:64], {}, "give number or hubspotContactId, not both")
             continue
+        if contact:
+            if not hubspot_connected:
+                error = "hubspotContactId needs the project connected to HubSpot"
+                yield Checked(line, "", {}, error)
+                continue
+            if not contact.isdigit() or len(contact) > 32:
+                yield Checked(line, "", {}, "hubspotContactId is not a HubSpot contact id")
+                continue
+            number = ""
+        else:
+            try:
+                number = to_e164(raw, field="number")
+            except AppError:
+                error = "number is not a valid phone number in E.164 form"
+                yield Checked(line, raw[:64], {}, error)
+                continue
         try:
             variables = _variables(cells)
         except ValueError as exc:
             yield Checked(line, number, {}, str(exc))
             continue
         missing = missing_variables(templates, variables)
+        if contact:  # the contact's properties fill {{hubspot.*}} when the row is dialed
+            missing = [name for name in missing if not name.startswith(HUBSPOT_PREFIX)]
         if missing:
             yield Checked(line, number, {}, f"missing variables: {', '.join(missing)}")
             continue
-        yield Checked(line, number, variables, None)
+        yield Checked(line, number, variables, None, hubspot_contact_id=contact or None)
 
 
 async def create_batch(
@@ -128,7 +155,8 @@ async def create_batch(
     rejected: list[dict[str, Any]] = []
     chunk: list[dict[str, Any]] = []
     total = accepted = 0
-    async for checked_chunk in rows(agent):
+    connected = await hubspot_connected(session, project.id)
+    async for checked_chunk in rows(agent, connected):
         for checked in checked_chunk:
             total += 1
             if checked.error is None:
@@ -147,6 +175,7 @@ async def create_batch(
                     "state": "queued" if checked.error is None else "rejected",
                     "error": checked.error,
                     "attempts": 0,
+                    "hubspot_contact_id": checked.hubspot_contact_id,
                 }
             )
         await session.execute(insert(BatchRow), chunk)
@@ -165,6 +194,16 @@ async def create_batch(
     else:
         batch.status, batch.finished_at = "completed", utcnow()
     return batch, rejected
+
+
+async def hubspot_connected(session: AsyncSession, project_id: uuid.UUID) -> bool:
+    found = await session.scalar(
+        select(HubSpotConnection.id).where(
+            HubSpotConnection.project_id == project_id,
+            HubSpotConnection.status == hubspot_service.CONNECTED,
+        )
+    )
+    return found is not None
 
 
 async def get_owned_batch(

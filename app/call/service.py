@@ -68,7 +68,7 @@ async def prepare_call(
             session,
             project=project,
             contact_id=hubspot_contact_id,
-            properties=_hubspot_properties(agent),
+            properties=hubspot_properties(agent),
         )
         variables = {**contact_variables, **variables}
     if to is None:
@@ -100,7 +100,7 @@ async def prepare_call(
     )
 
 
-def _hubspot_properties(agent: Agent) -> list[str]:
+def hubspot_properties(agent: Agent) -> list[str]:
     """The contact properties the agent's prompts use ({{hubspot.<property>}})."""
     prefix = hubspot.VARIABLE_PREFIX
     return [

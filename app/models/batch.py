@@ -55,7 +55,9 @@ class BatchRow(Base):
     )
     # The row's line in the file (the header is line 1).
     row: Mapped[int] = mapped_column(Integer, nullable=False)
+    # Empty for a row that names a HubSpot contact instead: its number is read at dial time.
     number: Mapped[str] = mapped_column(String(64), nullable=False)
+    hubspot_contact_id: Mapped[str | None] = mapped_column(String(32))
     variables: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     state: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
     error: Mapped[str | None] = mapped_column(Text)
