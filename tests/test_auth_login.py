@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -190,3 +191,28 @@ async def test_login_with_a_short_password_is_checked_not_refused(client, mailbo
     r = await login(client, acct.email, "short")
     assert r.status_code == 401
     assert r.json() == _INVALID
+
+
+async def test_a_login_racing_a_password_change_does_not_outlive_it(client, mailbox, app):
+    """A login with the old password either ends with the change (it came first) or is
+    refused (it came after): never a session that survives the change."""
+    acct = await verified_account(client, mailbox)
+    old = PASSWORD
+    for attempt in range(5):
+        new = f"new password {attempt}"
+        logged_in, changed = await asyncio.gather(
+            login(client, acct.email, old),
+            client.post(
+                "/auth/change-password",
+                json={"oldPassword": old, "newPassword": new},
+                headers=acct.bearer,
+            ),
+        )
+        assert changed.status_code == 200, changed.text
+        assert logged_in.status_code in (200, 401), logged_in.text
+        assert all(r.revoked_at is not None for r in await refresh_rows(app, acct.user_id))
+        if logged_in.status_code == 200:
+            body = logged_in.json()
+            assert not await is_authenticated(client, {"Authorization": f"Bearer {body['token']}"})
+        old = new
+        acct.token = (await login(client, acct.email, new)).json()["token"]

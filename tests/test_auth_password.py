@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -107,6 +108,18 @@ async def test_change_password_with_a_wrong_old_password_changes_nothing(client,
     await _assert_password_is(client, acct.email, PASSWORD, NEW_PASSWORD)
 
 
+async def test_change_password_voids_the_reset_links_sent_before(client, mailbox, app):
+    """A link mailed before the change must not undo it (someone who read the mail, or the
+    user who changed the password because the mailbox leaked)."""
+    acct = await verified_account(client, mailbox)
+    token = await _reset_token(client, mailbox, acct.email)
+    assert (await _change(client, acct.bearer, PASSWORD, NEW_PASSWORD)).status_code == 200
+    assert_error(await _reset(client, token, "attacker password"), 400, "INVALID_RESET_TOKEN")
+    await _assert_password_is(client, acct.email, NEW_PASSWORD, "attacker password")
+    [row] = await reset_rows(app, acct.user_id)
+    assert row.used_at is not None
+
+
 async def test_change_password_needs_a_credential(client, mailbox, app):
     acct = await verified_account(client, mailbox)
     r = await _change(client, {}, PASSWORD, NEW_PASSWORD)
@@ -175,6 +188,12 @@ async def test_forgot_password_rejects_a_malformed_email(client, mailbox, app, p
 # --- reset-password ----------------------------------------------------------------------------
 
 
+def _link_token(body: str) -> str:
+    match = re.search(r"/reset-password\?token=([A-Za-z0-9_\-]+)", body)
+    assert match, body
+    return match.group(1)
+
+
 async def _reset_token(client: Any, mailbox: Mailbox, email: str) -> str:
     assert (await _forgot(client, email)).status_code == 200
     return mailbox.last_reset_token(email)
@@ -236,6 +255,65 @@ async def test_a_second_forgot_password_voids_the_first_link(client, mailbox, ap
     await _assert_password_is(client, acct.email, NEW_PASSWORD, PASSWORD)
 
 
+async def test_concurrent_forgot_password_leaves_only_the_newest_link_valid(client, mailbox, app):
+    acct = await verified_account(client, mailbox)
+    mailbox.clear()
+    results = await asyncio.gather(*(_forgot(client, acct.email) for _ in range(6)))
+    assert [r.status_code for r in results] == [200] * 6, [r.text for r in results]
+    tokens = [_link_token(m.body) for m in mailbox.to(acct.email)]
+    assert len(set(tokens)) == 6
+
+    rows = await reset_rows(app, acct.user_id)
+    live = [row for row in rows if row.used_at is None]
+    assert len(live) == 1, f"{len(live)} of {len(rows)} reset links are live"
+    # The live one is the newest: each request voided every link made before it.
+    assert live[0].created_at == max(row.created_at for row in rows)
+    [newest] = [t for t in tokens if sha256_hex(t) == live[0].token_hash]
+    for stale in tokens:
+        if stale != newest:
+            assert_error(
+                await _reset(client, stale, "stale link password"), 400, "INVALID_RESET_TOKEN"
+            )
+    await _assert_password_is(client, acct.email, PASSWORD, "stale link password")
+    assert (await _reset(client, newest)).status_code == 200
+    await _assert_password_is(client, acct.email, NEW_PASSWORD, PASSWORD)
+
+
+async def test_reset_password_voids_every_other_outstanding_link(client, mailbox, app):
+    acct = await verified_account(client, mailbox)
+    first = await _reset_token(client, mailbox, acct.email)
+    second = await _reset_token(client, mailbox, acct.email)
+    # Two live links at once, behind the API's back (as a race once could leave them).
+    await db_update(
+        app,
+        PasswordResetToken,
+        PasswordResetToken.token_hash == sha256_hex(first),
+        used_at=None,
+    )
+    assert (await _reset(client, second)).status_code == 200
+    assert_error(await _reset(client, first, "attacker password"), 400, "INVALID_RESET_TOKEN")
+    await _assert_password_is(client, acct.email, NEW_PASSWORD, "attacker password")
+    assert all(row.used_at is not None for row in await reset_rows(app, acct.user_id))
+
+
+async def test_concurrent_forgot_reset_and_change_password_take_turns(client, mailbox, app):
+    """They lock the user first, then its links, in the same order: no deadlock, no 500, and
+    afterwards at most one link is live."""
+    acct = await verified_account(client, mailbox)
+    token = await _reset_token(client, mailbox, acct.email)
+    results = await asyncio.gather(
+        _forgot(client, acct.email),
+        _reset(client, token, "reset password one"),
+        _change(client, acct.bearer, PASSWORD, "changed password"),
+        _forgot(client, acct.email),
+    )
+    statuses = [r.status_code for r in results]
+    assert statuses[0] == statuses[3] == 200, [r.text for r in results]
+    assert statuses[1] in (200, 400) and statuses[2] in (200, 401), [r.text for r in results]
+    rows = await reset_rows(app, acct.user_id)
+    assert len([row for row in rows if row.used_at is None]) <= 1
+
+
 async def test_reset_password_with_a_bad_new_password_keeps_the_link(client, mailbox, app):
     acct = await verified_account(client, mailbox)
     token = await _reset_token(client, mailbox, acct.email)
@@ -281,3 +359,27 @@ async def test_concurrent_resets_with_one_token_let_exactly_one_through(client, 
     winner = "first new password" if results[0].status_code == 200 else "second new password"
     loser = "second new password" if winner == "first new password" else "first new password"
     await _assert_password_is(client, acct.email, winner, loser)
+
+
+async def test_change_password_while_its_login_refreshes_ends_that_session_too(
+    client, mailbox, app
+):
+    """Whichever runs first, no refresh token outlives the password change (and on PostgreSQL
+    the two lock in an order that cannot deadlock)."""
+    acct = await verified_account(client, mailbox)
+    old = PASSWORD
+    for attempt in range(5):
+        new = f"new password {attempt}"
+        fresh = (await login(client, acct.email, old)).json()
+        changed, refreshed = await asyncio.gather(
+            _change(client, {"Authorization": f"Bearer {fresh['token']}"}, old, new),
+            client.post("/auth/refresh-token", json={"refreshToken": fresh["refreshToken"]}),
+        )
+        assert changed.status_code == 200, changed.text
+        assert refreshed.status_code in (200, 401), refreshed.text
+        assert all(r.revoked_at is not None for r in await refresh_rows(app, acct.user_id))
+        if refreshed.status_code == 200:
+            token = refreshed.json()["refreshToken"]
+            r = await client.post("/auth/refresh-token", json={"refreshToken": token})
+            assert r.status_code == 401, r.text
+        old = new

@@ -134,9 +134,6 @@ async def test_signup_again_before_verifying_sends_a_new_code_and_changes_nothin
     body = r.json()
     assert body["status"] == "success"
     assert body["signupStatus"] == 2
-    assert body["user"]["id"] == str(before.id)
-    assert body["user"]["name"] == "Ada"
-    assert body["user"]["verified"] is False
     assert await count_rows(app, User) == 1
 
     after = await get_user(app, email)
@@ -155,6 +152,55 @@ async def test_signup_again_before_verifying_sends_a_new_code_and_changes_nothin
     # The original password is still the password.
     assert (await login(client, email, PASSWORD)).status_code == 200
     assert (await login(client, email, "attacker password")).status_code == 401
+
+
+async def test_signup_again_before_verifying_reveals_nothing_of_the_first_signup(
+    client, mailbox, app
+):
+    """Whoever types a pending email again learns that it is pending (signupStatus 2, as
+    CONTRACT.md §5 decides) and nothing else: not the first signup's name, company, id or
+    dates, and they cannot change any of it."""
+    first = await client.post(
+        "/auth/signup",
+        json={
+            "email": "ada@example.com",
+            "password": PASSWORD,
+            "name": "Ada Lovelace",
+            "company_name": "Analytical Engines",
+        },
+    )
+    assert first.status_code == 200, first.text
+    before = await get_user(app, "ada@example.com")
+
+    r = await client.post(
+        "/auth/signup",
+        json={
+            "email": "ada@example.com",
+            "password": "attacker password",
+            "name": "Mallory",
+            "company_name": "Mallory Inc",
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "message": "Email already registered but not verified; a new verification code has "
+        "been sent.",
+        "status": "success",
+        "user": None,
+        "signupStatus": 2,
+    }
+    for secret in ("Ada Lovelace", "Analytical Engines", str(before.id)):
+        assert secret not in r.text
+
+    after = await get_user(app, "ada@example.com")
+    assert (after.name, after.company_name, after.password_hash, after.verified) == (
+        "Ada Lovelace",
+        "Analytical Engines",
+        before.password_hash,
+        False,
+    )
+    # The new code goes to the mailbox of the email, as any resend would.
+    assert len(mailbox.to("ada@example.com")) == 2
 
 
 async def test_signup_email_is_case_insensitive(client, mailbox, app):

@@ -52,12 +52,16 @@ async def signup_user(
         name=body.name,
         company_name=body.company_name,
     )
-    message = (
-        "User registered successfully"
-        if status == service.SIGNUP_SUCCESS
-        else "Email already registered but not verified; a new verification code has been sent."
+    if user is None:  # pending signup: the service reveals nothing of it
+        return SignupOut(
+            message="Email already registered but not verified; a new verification code has "
+            "been sent.",
+            user=None,
+            signupStatus=status,
+        )
+    return SignupOut(
+        message="User registered successfully", user=UserOut.of(user), signupStatus=status
     )
-    return SignupOut(message=message, user=UserOut.of(user), signupStatus=status)
 
 
 @public.post("/verify-email", response_model=VerifyEmailOut, responses=error_responses(404, 429))

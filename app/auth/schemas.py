@@ -47,7 +47,10 @@ class SignupIn(Strict):
 class SignupOut(BaseModel):
     message: str
     status: Literal["success"] = "success"
-    user: UserOut
+    user: UserOut | None = Field(
+        description="the new account (signupStatus 3); null for an email whose signup is "
+        "pending verification (signupStatus 2), whose details are not shown to whoever asks"
+    )
     signupStatus: int
 
     model_config = ConfigDict(

@@ -41,9 +41,38 @@ class EmailNotSent(AppError):
     message = "The email could not be sent; try again later."
 
 
-async def _user_by_email(session: AsyncSession, email: str) -> User | None:
-    result = await session.execute(select(User).where(User.email == email))
+async def _user_by_email(session: AsyncSession, email: str, *, lock: bool = False) -> User | None:
+    query = select(User).where(User.email == email)
+    if lock:
+        query = query.with_for_update(key_share=True)
+    result = await session.execute(query)
     return result.scalar_one_or_none()
+
+
+async def _lock_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """The user, read afresh and locked until the transaction ends.
+
+    Whatever changes a password or its reset links takes this lock before touching them, so
+    such requests for one user take turns (a row lock on PostgreSQL, BEGIN IMMEDIATE on SQLite)
+    and always lock in the same order, user then links: no deadlock. FOR NO KEY UPDATE, not
+    FOR UPDATE: a concurrent login or refresh inserting a token of this user only needs a
+    key-share lock on the row and must not wait for us (it would deadlock with the refresh
+    tokens we revoke).
+    """
+    return await session.get(
+        User, user_id, with_for_update={"key_share": True}, populate_existing=True
+    )
+
+
+async def _share_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """The user, read afresh under a shared lock, before a login or refresh issues tokens.
+
+    It waits for a password change or reset in progress (they hold _lock_user's lock) and holds
+    the next one off until the tokens are stored: either the change comes after and revokes
+    them, or it came before and is seen here. Logins and refreshes do not wait for each other
+    (on SQLite every writer takes turns anyway).
+    """
+    return await session.get(User, user_id, with_for_update={"read": True}, populate_existing=True)
 
 
 async def _send(ctx: AppContext, mail: Mail, **extra: Any) -> None:
@@ -101,7 +130,9 @@ async def signup(
     password: str,
     name: str,
     company_name: str | None,
-) -> tuple[User, int]:
+) -> tuple[User | None, int]:
+    """The new user and SIGNUP_SUCCESS, or (None, SIGNUP_EMAIL_NOT_VERIFIED) for an email
+    that signed up before and is not verified yet."""
     existing = await _user_by_email(session, email)
     if existing is not None:
         if existing.verified:
@@ -110,10 +141,14 @@ async def signup(
                 code="ACCOUNT_EXISTS",
                 signupStatus=SIGNUP_ACCOUNT_EXISTS,
             )
-        # Signed up before but never verified: a fresh code, and nothing else changes
-        # (whoever typed this email again cannot take over name or password).
+        # Signed up before, never verified. CONTRACT.md §5 fixes the answer: a new code, 200,
+        # signupStatus 2, name and password unchanged. Anyone may type this email, so they
+        # learn that a signup is pending (the contract's choice: a user who lost the code can
+        # finish) and nothing more. No user in the answer: it would be the first signup's
+        # name, company, id and dates. Nothing they sent is stored (company neither), so they
+        # cannot take the signup over; the new code goes to the mailbox of the email only.
         await _issue_code(ctx, existing, signupStatus=SIGNUP_EMAIL_NOT_SENT)
-        return existing, SIGNUP_EMAIL_NOT_VERIFIED
+        return None, SIGNUP_EMAIL_NOT_VERIFIED
     user = User(
         email=email,
         name=name,
@@ -229,7 +264,20 @@ async def login(
             code="EMAIL_NOT_VERIFIED",
             loginStatus=LOGIN_NOT_VERIFIED,
         )
-    return user, await issue_tokens(ctx, session, user)
+    # The password may have changed while it was checked: a login with the old one must not
+    # outlive the change, so check again against the password as it is under the lock.
+    seen = user.password_hash
+    current = await _share_user(session, user.id)
+    if current is None or (
+        current.password_hash != seen
+        and not await ctx.hasher.verify(password, current.password_hash)
+    ):
+        raise Unauthorized(
+            "invalid email or password",
+            code="INVALID_CREDENTIALS",
+            loginStatus=LOGIN_INVALID_PASSWORD,
+        )
+    return current, await issue_tokens(ctx, session, current)
 
 
 async def refresh(ctx: AppContext, session: AsyncSession, *, token: str) -> TokenPair:
@@ -242,13 +290,25 @@ async def refresh(ctx: AppContext, session: AsyncSession, *, token: str) -> Toke
     now = utcnow()
     if row is None or row.revoked_at is not None or row.expires_at <= now:
         raise invalid
+    # The user first, then the token: the order a password change locks them in.
+    user = await _share_user(session, row.user_id)
+    if user is None or not user.verified:
+        raise invalid
     # Claim the token atomically: of two concurrent refreshes only one can win.
     claimed = await session.execute(
         update(RefreshToken)
-        .where(RefreshToken.id == row.id, RefreshToken.used_at.is_(None))
+        .where(
+            RefreshToken.id == row.id,
+            RefreshToken.used_at.is_(None),
+            RefreshToken.revoked_at.is_(None),
+            RefreshToken.expires_at > now,
+        )
         .values(used_at=now)
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        await session.refresh(row)
+        if row.used_at is None:  # revoked (a password change) or expired meanwhile
+            raise invalid
         await session.execute(
             update(RefreshToken)
             .where(RefreshToken.family_id == row.family_id, RefreshToken.revoked_at.is_(None))
@@ -261,43 +321,62 @@ async def refresh(ctx: AppContext, session: AsyncSession, *, token: str) -> Toke
             code="REFRESH_TOKEN_REUSED",
             persist=True,
         )
-    user = await session.get(User, row.user_id)
-    if user is None or not user.verified:
-        raise invalid
     return await issue_tokens(ctx, session, user, family_id=row.family_id)
 
 
-async def _revoke_all_sessions(session: AsyncSession, user: User) -> None:
+async def _void_reset_links(session: AsyncSession, user_id: uuid.UUID, now: datetime) -> None:
+    await session.execute(
+        update(PasswordResetToken)
+        .where(PasswordResetToken.user_id == user_id, PasswordResetToken.used_at.is_(None))
+        .values(used_at=now)
+    )
+
+
+async def _set_password(
+    session: AsyncSession, user: User, password_hash: str, now: datetime
+) -> None:
+    """On a user locked with _lock_user: the new password ends every session (refresh tokens,
+    and access tokens through token_version) and voids every reset link mailed before, so a
+    link read by someone else cannot undo a change or a reset."""
+    user.password_hash = password_hash
+    user.updated_at = now
     user.token_version += 1
     await session.execute(
         update(RefreshToken)
         .where(RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
+        .values(revoked_at=now)
     )
+    await _void_reset_links(session, user.id, now)
 
 
 async def change_password(
     ctx: AppContext, session: AsyncSession, *, user: User, old: str, new: str
 ) -> None:
-    if not await ctx.hasher.verify(old, user.password_hash):
-        raise Unauthorized("The old password is wrong.", code="WRONG_PASSWORD")
-    user.password_hash = await ctx.hasher.hash(new)
-    user.updated_at = utcnow()
-    await _revoke_all_sessions(session, user)
+    wrong = Unauthorized("The old password is wrong.", code="WRONG_PASSWORD")
+    # The slow hashes run before the lock is taken, so no lock is held through them.
+    seen = user.password_hash
+    if not await ctx.hasher.verify(old, seen):
+        raise wrong
+    new_hash = await ctx.hasher.hash(new)
+    locked = await _lock_user(session, user.id)
+    if locked is None:
+        raise wrong
+    # Changed meanwhile (a concurrent change or reset): the old password must match the
+    # password as it is now.
+    if locked.password_hash != seen and not await ctx.hasher.verify(old, locked.password_hash):
+        raise wrong
+    await _set_password(session, locked, new_hash, utcnow())
 
 
 async def forgot_password(ctx: AppContext, session: AsyncSession, *, email: str) -> Mail | None:
     """Create a reset token; return the mail to send (after the response), or None."""
-    user = await _user_by_email(session, email)
+    # Locked: concurrent requests take turns, each voiding the links made before it, so at
+    # most one link per user is ever live (the newest).
+    user = await _user_by_email(session, email, lock=True)
     if user is None:
         return None
     now = utcnow()
-    # A new request voids the older links.
-    await session.execute(
-        update(PasswordResetToken)
-        .where(PasswordResetToken.user_id == user.id, PasswordResetToken.used_at.is_(None))
-        .values(used_at=now)
-    )
+    await _void_reset_links(session, user.id, now)
     token = new_opaque_token()
     session.add(
         PasswordResetToken(
@@ -321,7 +400,6 @@ async def forgot_password(ctx: AppContext, session: AsyncSession, *, email: str)
 
 
 async def reset_password(ctx: AppContext, session: AsyncSession, *, token: str, new: str) -> None:
-    now = utcnow()
     row = (
         await session.execute(
             select(PasswordResetToken).where(PasswordResetToken.token_hash == sha256_hex(token))
@@ -331,18 +409,24 @@ async def reset_password(ctx: AppContext, session: AsyncSession, *, token: str, 
         "The reset link is invalid, expired or already used; request a new one.",
         code="INVALID_RESET_TOKEN",
     )
-    if row is None or row.used_at is not None or row.expires_at <= now:
+    if row is None or row.used_at is not None or row.expires_at <= utcnow():
         raise invalid
+    new_hash = await ctx.hasher.hash(new)  # before the lock, as in change_password
+    user = await _lock_user(session, row.user_id)
+    if user is None:
+        raise invalid
+    now = utcnow()
+    # Claimed under the user's lock: a concurrent reset, change or newer forgot-password may
+    # have voided it while we hashed.
     claimed = await session.execute(
         update(PasswordResetToken)
-        .where(PasswordResetToken.id == row.id, PasswordResetToken.used_at.is_(None))
+        .where(
+            PasswordResetToken.id == row.id,
+            PasswordResetToken.used_at.is_(None),
+            PasswordResetToken.expires_at > now,
+        )
         .values(used_at=now)
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         raise invalid
-    user = await session.get(User, row.user_id)
-    if user is None:
-        raise invalid
-    user.password_hash = await ctx.hasher.hash(new)
-    user.updated_at = now
-    await _revoke_all_sessions(session, user)
+    await _set_password(session, user, new_hash, now)
