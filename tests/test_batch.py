@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import time
 import uuid
 from collections import Counter
@@ -16,6 +17,7 @@ from sqlalchemy import func, select
 
 from app.models import Batch, BatchRow, Call
 from tests.factories import api_key_for, assert_error, verified_account
+from tests.standins.receiver import running_receiver
 
 FROM = "+14155550100"
 
@@ -394,3 +396,52 @@ async def test_a_completed_batch_cannot_be_canceled(client, setup, twilio_standi
     await finished(client, setup, batch_id)
     r = await client.post(f"/call/batch-call/{batch_id}/cancel", headers=setup["key"])
     assert_error(r, 409, "BATCH_FINISHED")
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"webhook_allow_private_hosts": True, "webhook_retry_base_seconds": 0.02}],
+    indirect=True,
+)
+async def test_a_row_twilio_refuses_tells_the_webhook_like_a_refused_single_call(
+    client, setup, twilio_standin
+):
+    single, row = numbers(2)
+    twilio_standin.make_undialable(single, 21217)
+    twilio_standin.make_undialable(row, 21217)
+    with running_receiver() as receiver:
+        r = await client.post(
+            "/project/call-status/add-webhookurl",
+            json={"projectId": setup["project"], "webhookURL": receiver.url},
+            headers=setup["key"],
+        )
+        assert r.status_code == 200, r.text
+        r = await client.post(
+            "/call/makeCall",
+            json={
+                "number": single,
+                "projectId": setup["project"],
+                "agentId": setup["agent"],
+                "dynamicVariables": {"name": "A", "topic": "B"},
+            },
+            headers=setup["key"],
+        )
+        assert r.status_code == 400 and r.json()["code"] == "TWILIO_REJECTED"
+        r = await upload(client, setup, csv_of([["number", "name", "topic"], [row, "A", "B"]]))
+        batch_id = r.json()["batch"]["id"]
+        body = await finished(client, setup, batch_id)
+        assert body["batch"]["counts"]["failed"] == 1
+        deliveries = await receiver.wait_for(2)
+
+    events = {json.loads(d.body)["call"]["to"]: json.loads(d.body) for d in deliveries}
+    assert set(events) == {single, row}
+    for event in events.values():
+        call = event["call"]
+        assert event["event"] == "call.status"
+        assert (call["status"], call["endedReason"], call["callSid"]) == (
+            "failed",
+            "twilio-rejected",
+            None,
+        )
+    assert events[single]["call"]["batchId"] is None
+    assert events[row]["call"]["batchId"] == batch_id

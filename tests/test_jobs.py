@@ -108,6 +108,33 @@ async def test_enqueue_belongs_to_the_callers_transaction(maker):
     assert (job.status, job.attempts, job.max_attempts, job.payload) == ("queued", 0, 5, {"n": 0})
 
 
+async def test_enqueue_many_belongs_to_the_callers_transaction(maker):
+    def rows() -> list[dict[str, Any]]:
+        return [
+            queue.job_row(kind=KIND, payload={"n": n}, project_id=None, max_attempts=3)
+            for n in range(5)
+        ]
+
+    async with maker() as session:
+        await queue.enqueue_many(session, rows())
+        await session.rollback()
+    async with maker() as session:
+        assert await session.scalar(select(func.count()).select_from(Job)) == 0
+
+    made = rows()
+    async with maker() as session:
+        await queue.enqueue_many(session, made)
+        await queue.enqueue_many(session, [])  # an empty batch is allowed
+        await session.commit()
+    got = await claim(maker, limit=10, lease_seconds=30, kinds=[KIND])
+    assert {job.id for job in got} == {row["id"] for row in made}
+    assert sorted((job.payload["n"], job.attempts, job.max_attempts) for job in got) == [
+        (n, 1, 3) for n in range(5)
+    ]
+    with pytest.raises(ValueError):
+        queue.job_row(kind=KIND, payload={}, project_id=None, max_attempts=0)
+
+
 async def test_concurrent_claimers_get_disjoint_jobs(maker):
     ids = set(await add_jobs(maker, 60))
     batches = await asyncio.gather(
@@ -254,6 +281,26 @@ async def test_commit_wakes_the_worker_at_once(maker):
     try:
         await asyncio.sleep(0.1)
         await add_jobs(maker)
+        await asyncio.wait_for(ran.wait(), 2.0)
+    finally:
+        await w.stop()
+
+
+async def test_a_commit_of_enqueue_many_wakes_the_worker_at_once(maker):
+    ran = asyncio.Event()
+
+    async def handler(job: Job) -> None:
+        ran.set()
+
+    # Polling every 30 s: only the commit's wake-up can start the job quickly.
+    w = worker(maker, {KIND: handler}, poll_interval=30.0)
+    await w.start()
+    try:
+        await asyncio.sleep(0.1)
+        async with maker() as session:
+            row = queue.job_row(kind=KIND, payload={}, project_id=None, max_attempts=1)
+            await queue.enqueue_many(session, [row])
+            await session.commit()
         await asyncio.wait_for(ran.wait(), 2.0)
     finally:
         await w.stop()

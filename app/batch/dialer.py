@@ -32,7 +32,7 @@ from sqlalchemy import exists, func, select
 
 from app.batch.service import DIAL_JOB
 from app.call.render import missing_variables, render
-from app.call.service import callback_url, hubspot_properties
+from app.call.service import callback_url, hubspot_properties, record_refusal
 from app.call.status import FINAL
 from app.config import Settings
 from app.context import AppContext
@@ -340,11 +340,7 @@ class BatchDialer:
             call = await session.get(Call, claim.call_id, with_for_update=True)
             row = await session.get(BatchRow, claim.row_id, with_for_update=True)
             if call is not None:
-                call.status, call.ended_at = "failed", utcnow()
-                call.ended_reason = "twilio-rejected"
-                code = exc.extra.get("twilioCode")
-                call.error_code = str(code) if code is not None else exc.code
-                call.error_message = exc.message
+                await record_refusal(session, call, exc)
             if row is not None:
                 row.state, row.error = "failed", exc.message
         log.info("batch row %s refused by Twilio: %s", claim.row_id, exc.message)

@@ -13,19 +13,18 @@ from email.utils import parsedate_to_datetime
 from types import SimpleNamespace
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.call import status as states
 from app.call.events import call_changed
 from app.call.schemas import CallOut
 from app.conversation.analysis import has_conversation
-from app.db import new_id, utcnow
+from app.db import utcnow
 from app.hubspot import jobs as hubspot_jobs
 from app.jobs import webhooks
-from app.jobs.queue import _ENQUEUED as _JOBS_ENQUEUED
-from app.jobs.queue import QUEUED, enqueue
-from app.models import Call, Job, Project
+from app.jobs.queue import enqueue, enqueue_many, job_row
+from app.models import Call, Project
 
 log = logging.getLogger("talkstack.call.callbacks")
 
@@ -126,7 +125,6 @@ async def apply_status(session: AsyncSession, call: Call, params: Mapping[str, s
 
 
 _CALLS = cast(Table, Call.__table__)
-_JOBS = cast(Table, Job.__table__)
 _PROJECTS = cast(Table, Project.__table__)
 # Built once: Twilio's status callbacks are the app's busiest request.
 _LOCK_CALLS = (
@@ -141,7 +139,6 @@ _WITH_WEBHOOK = select(_PROJECTS.c.id).where(
     _PROJECTS.c.call_status_webhook.is_not(None),
     _PROJECTS.c.call_status_webhook != "",
 )
-_INSERT_JOB = insert(_JOBS)
 
 
 @dataclass(slots=True)
@@ -297,11 +294,14 @@ class StatusIngest:
                     payload = webhooks.call_event_payload(
                         "call.status", CallOut.of(snapshot).public()
                     )
-                    jobs.append(_job(webhooks.KIND, payload, project_id, webhooks.MAX_ATTEMPTS))
-        if jobs:
-            await session.execute(_INSERT_JOB, jobs)
-            # What queue.enqueue does: workers in this process wake when this commits.
-            session.info[_JOBS_ENQUEUED] = True
+                    job = job_row(
+                        kind=webhooks.KIND,
+                        payload=payload,
+                        project_id=project_id,
+                        max_attempts=webhooks.MAX_ATTEMPTS,
+                    )
+                    jobs.append(job)
+        await enqueue_many(session, jobs)
 
 
 def _settle(callback: _Callback, outcome: bool | BaseException) -> None:
@@ -313,26 +313,13 @@ def _settle(callback: _Callback, outcome: bool | BaseException) -> None:
         callback.done.set_result(outcome)
 
 
-def _job(
-    kind: str, payload: dict[str, Any], project_id: uuid.UUID, attempts: int
-) -> dict[str, Any]:
-    now = utcnow()
-    return {
-        "id": new_id(),
-        "kind": kind,
-        "payload": payload,
-        "project_id": project_id,
-        "status": QUEUED,
-        "attempts": 0,
-        "max_attempts": attempts,
-        "next_attempt_at": now,
-        "created_at": now,
-        "updated_at": now,
-    }
-
-
 def _price_job(call_id: uuid.UUID, project_id: uuid.UUID) -> dict[str, Any]:
-    return _job(PRICE_JOB, {"call_id": str(call_id)}, project_id, PRICE_ATTEMPTS)
+    return job_row(
+        kind=PRICE_JOB,
+        payload={"call_id": str(call_id)},
+        project_id=project_id,
+        max_attempts=PRICE_ATTEMPTS,
+    )
 
 
 _ingests: weakref.WeakKeyDictionary[async_sessionmaker[AsyncSession], StatusIngest] = (

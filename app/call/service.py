@@ -153,7 +153,12 @@ async def place_call(
             time_limit_seconds=prepared.agent.max_call_duration_seconds,
         )
     except AppError as exc:
-        await _record_refusal(ctx, call.id, exc)
+        async with ctx.sessionmaker() as session:
+            row = await session.get(Call, call.id)
+            assert row is not None
+            await record_refusal(session, row, exc)
+            await session.commit()
+        log.info("call %s refused by Twilio: %s", call.id, exc.code)
         raise
     async with ctx.sessionmaker() as session:
         row = await session.get(Call, call.id, with_for_update=True)
@@ -163,19 +168,16 @@ async def place_call(
         return row
 
 
-async def _record_refusal(ctx: AppContext, call_id: uuid.UUID, exc: AppError) -> None:
-    async with ctx.sessionmaker() as session:
-        row = await session.get(Call, call_id)
-        assert row is not None
-        row.status = "failed"
-        row.ended_at = utcnow()
-        row.ended_reason = "twilio-rejected" if isinstance(exc, TwilioRejected) else "twilio-error"
-        twilio_code = exc.extra.get("twilioCode")
-        row.error_code = str(twilio_code) if twilio_code is not None else exc.code
-        row.error_message = exc.message
-        await call_changed(session, row)
-        await session.commit()
-    log.info("call %s refused by Twilio: %s", call_id, exc.code)
+async def record_refusal(session: AsyncSession, call: Call, exc: AppError) -> None:
+    """Twilio did not place `call` (refused, or failed answering): the call failed, with
+    Twilio's reason, and the project's webhook hears so. Single calls and batch rows alike."""
+    call.status = "failed"
+    call.ended_at = utcnow()
+    call.ended_reason = "twilio-rejected" if isinstance(exc, TwilioRejected) else "twilio-error"
+    twilio_code = exc.extra.get("twilioCode")
+    call.error_code = str(twilio_code) if twilio_code is not None else exc.code
+    call.error_message = exc.message
+    await call_changed(session, call)
 
 
 async def get_call(session: AsyncSession, *, user: User, sid: str, project_id: str | None) -> Call:

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.call import status as states
 from app.call.schemas import CallOut
@@ -215,7 +216,7 @@ async def run_analysis_job(ctx: AppContext, job: Any) -> None:
         if call is None:
             return
         call.data = result
-        await _remember(session, call_id, key, result)
+        await store_analysis(session, call_id, key, result, replace=True)
         await hubspot_jobs.call_finished(session, call)
         project = await session.get(Project, call.project_id)
         if project is not None:
@@ -224,16 +225,32 @@ async def run_analysis_job(ctx: AppContext, job: Any) -> None:
             )
 
 
-async def _remember(session: Any, call_id: uuid.UUID, key: str, result: dict[str, Any]) -> None:
-    existing = await session.scalar(
-        select(CallAnalysis).where(
-            CallAnalysis.call_id == call_id, CallAnalysis.questions_key == key
-        )
+async def store_analysis(
+    session: AsyncSession,
+    call_id: uuid.UUID,
+    key: str,
+    result: dict[str, Any],
+    *,
+    replace: bool,
+) -> None:
+    """Store one answered set of questions about a call, in the caller's transaction.
+
+    One INSERT ... ON CONFLICT on the (call_id, questions_key) unique constraint, so two writers
+    of the same answer at once (the post-call job and POST /call/analysis, or two identical
+    asks) never fail on it. `replace`: the new answer wins (the post-call job, which also
+    writes it to the call's `data`: the two must agree). Otherwise the stored answer is kept
+    (on demand: an identical ask answered a moment earlier already gave its answer out).
+    """
+    # SQLite and PostgreSQL (the two databases the server runs on) write ON CONFLICT alike.
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    row = insert(CallAnalysis).values(call_id=call_id, questions_key=key, result=result)
+    unique = [CallAnalysis.call_id, CallAnalysis.questions_key]
+    stmt = (
+        row.on_conflict_do_update(index_elements=unique, set_={"result": row.excluded.result})
+        if replace
+        else row.on_conflict_do_nothing(index_elements=unique)
     )
-    if existing is None:
-        session.add(CallAnalysis(call_id=call_id, questions_key=key, result=result))
-    else:
-        existing.result = result
+    await session.execute(stmt)
 
 
 # -- on demand: POST /call/analysis ----------------------------------------------------------
@@ -269,10 +286,6 @@ async def analysis_on_demand(
     except LLMError as exc:
         log.warning("analysis of call %s failed: %s", call.call_sid, exc)
         raise LLMUnavailable("The language model could not analyse the call; try again.") from exc
-    async with ctx.sessionmaker() as session:
-        session.add(CallAnalysis(call_id=call_id, questions_key=key, result=result))
-        try:
-            await session.commit()
-        except IntegrityError:
-            await session.rollback()  # the same question answered at the same moment: keep one
+    async with ctx.sessionmaker() as session, session.begin():
+        await store_analysis(session, call_id, key, result, replace=False)
     return result

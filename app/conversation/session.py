@@ -132,9 +132,6 @@ class Conversation:
         self._changed = asyncio.Event()
         self._done = asyncio.Event()
         self._ending: asyncio.Task[None] | None = None
-        # Per turn: seconds from the callee's prompt to the first token sent, and the LLM's own
-        # time to its first token (the benchmark subtracts one from the other).
-        self.turn_latencies: list[tuple[float, float]] = []
 
     # -- running -----------------------------------------------------------------------------
 
@@ -195,7 +192,6 @@ class Conversation:
             self._silent_since = now
 
     async def _on_prompt(self, message: dict[str, Any]) -> None:
-        received = self._clock()
         self._pending_prompt.append(str(message.get("voicePrompt") or ""))
         if message.get("last") is False:
             return  # a partial prompt: the callee is still speaking
@@ -209,7 +205,7 @@ class Conversation:
         self._speaking = None
         self.history.append({"role": "user", "content": text})
         self._append({"role": "user", "text": text})
-        self._start_reply(received=received)
+        self._start_reply()
 
     async def _on_interrupt(self, message: dict[str, Any]) -> None:
         heard = str(message.get("utteranceUntilInterrupt") or "")
@@ -229,21 +225,20 @@ class Conversation:
         digit = str(message.get("digit") or "")[:8]
         if not digit:
             return
-        received = self._clock()
         await self._stop_reply(heard=None)
         self._silent_since = None
         self._reprompts_done = 0
         pressed = f"(The callee pressed {digit} on the keypad.)"
         self.history.append({"role": "user", "content": pressed})
         self._append({"role": "user", "text": "", "dtmf": digit})
-        self._start_reply(received=received)
+        self._start_reply()
 
     # -- the agent's replies --------------------------------------------------------------------
 
-    def _start_reply(self, *, received: float, nudge: str | None = None) -> None:
+    def _start_reply(self, *, nudge: str | None = None) -> None:
         if self.ended_reason is not None:
             return
-        self._reply = asyncio.create_task(self._speak(received, nudge), name="relay-reply")
+        self._reply = asyncio.create_task(self._speak(nudge), name="relay-reply")
 
     async def _stop_reply(self, *, heard: str | None) -> None:
         """Cancel a running reply (its completion is cancelled with it)."""
@@ -254,13 +249,11 @@ class Conversation:
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
-    async def _speak(self, received: float, nudge: str | None) -> None:
+    async def _speak(self, nudge: str | None) -> None:
         messages = self.history if nudge is None else [*self.history, _system(nudge)]
         started = _now_iso()
         parts: list[str] = []
         end_call: ToolCall | None = None
-        llm_started = self._clock()
-        llm_first: float | None = None
         turn: dict[str, Any] = {"role": "agent", "text": "", "interrupted": False}
         if nudge is not None:
             turn["reprompt"] = True
@@ -268,8 +261,7 @@ class Conversation:
         try:
             async for item in self.llm.stream_turn(messages, tools=[END_CALL_TOOL]):
                 if isinstance(item, TextDelta):
-                    if llm_first is None:
-                        llm_first = self._clock()
+                    if t_index is None:
                         # The turn exists from its first word: an interrupt may come any time.
                         message: Message = {"role": "assistant", "content": ""}
                         self.history.append(message)
@@ -278,9 +270,6 @@ class Conversation:
                     parts.append(item.text)
                     turn["text"] = message["content"] = "".join(parts)
                     await self._send({"type": "text", "token": item.text, "last": False})
-                    if len(parts) == 1:
-                        sent = self._clock()
-                        self.turn_latencies.append((sent - received, llm_first - llm_started))
                 elif item.name == "end_call":
                     end_call = item
             text = "".join(parts)
@@ -360,7 +349,7 @@ class Conversation:
                     if self._reprompts_done < self.timing.reprompts:
                         self._reprompts_done += 1
                         self._silent_since = None
-                        self._start_reply(received=now, nudge=REPROMPT_NUDGE)
+                        self._start_reply(nudge=REPROMPT_NUDGE)
                         continue
                     self.end("silence")
                     return
