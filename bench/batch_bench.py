@@ -16,20 +16,16 @@ number, then:
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from bench.auth_bench import prepare_user, serve
+from bench.auth_bench import prepare_user
+from bench.common import app_env, migrate, scratch, serve
+from tests.standins.server import running
 from tests.standins.twilio import TwilioStandin
 
-ROOT = Path(__file__).resolve().parent.parent
 FROM = "+14155550100"
 
 
@@ -58,27 +54,22 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args()
 
-    twilio = TwilioStandin()
-    twilio.start()
-    twilio.add_incoming_number(FROM)
-    tmp = Path(tempfile.mkdtemp(prefix="talkstack-batch-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "TWILIO_"))}
-    env.update(
-        DATABASE_URL=args.database_url or f"sqlite:///{tmp}/bench.db",
-        DATA_DIR=str(tmp / "data"),
-        SECRET_KEY="bench-secret-" + "x" * 40,
-        RATE_LIMIT_ENABLED="false",
-        TWILIO_ACCOUNT_SID=twilio.account_sid,
-        TWILIO_AUTH_TOKEN=twilio.auth_token,
-        TWILIO_API_BASE_URL=twilio.base_url,
-        BATCH_CALLS_PER_SECOND=str(args.rate),
-        BATCH_MAX_CONCURRENT_CALLS="100000",
-        LOG_LEVEL="WARNING",
-    )
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env, check=True
+    kept = "logs and database"
+    with (
+        running(TwilioStandin()) as twilio,
+        scratch("talkstack-batch-bench-", keep=args.keep, kept=kept) as tmp,
+    ):
+        twilio.add_incoming_number(FROM)
+        env = app_env(
+            args.database_url or f"sqlite:///{tmp}/bench.db",
+            tmp,
+            TWILIO_ACCOUNT_SID=twilio.account_sid,
+            TWILIO_AUTH_TOKEN=twilio.auth_token,
+            TWILIO_API_BASE_URL=twilio.base_url,
+            BATCH_CALLS_PER_SECOND=str(args.rate),
+            BATCH_MAX_CONCURRENT_CALLS="100000",
         )
+        migrate(env)
         with serve("app.main:create_app", env, args.server_cpu, tmp / "server.log") as server:
             _, key = prepare_user(server)
             headers = {"x-api-key": key}
@@ -121,12 +112,6 @@ def main() -> None:
                     f"{args.rate:g}/s configured ({achieved / args.rate - 1:+.1%})"
                 )
                 c.post(f"/call/batch-call/{batch['id']}/cancel")
-    finally:
-        twilio.stop()
-        if args.keep:
-            print(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -43,9 +42,8 @@ from sqlalchemy import event
 from app.config import Settings
 from app.context import AppContext
 from app.main import create_app
+from bench.common import ROOT, create_database, db_url, drop_database, percentile
 
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
 DEEP = 10_000
 HOT_TO = "+14155550000"  # one number called again and again: 3% of the project's calls
 AGENT_FROM = ["+14155551001", "+14155551002", "+14155551003"]
@@ -139,10 +137,6 @@ class Seeded:
     typical_to: str
 
 
-def db_url(name: str) -> str:
-    return ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-
-
 def seeded_already(name: str) -> Seeded | None:
     """The seed of an earlier --keep run, if that database is there and complete."""
     try:
@@ -158,10 +152,7 @@ def seeded_already(name: str) -> Seeded | None:
 
 
 def seed(name: str, calls: int) -> Seeded:
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = db_url(name)
+    url = create_database(name)
     t0 = time.monotonic()
     run_migrations(url)
     print(f"migrated in {time.monotonic() - t0:.1f}s")
@@ -305,11 +296,6 @@ class Case:
     deep: bool  # whether the filter matches enough calls for a page 10,000 deep
 
 
-def pct(samples: list[float], p: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
-
-
 async def walk_to(
     client: httpx.AsyncClient, body: dict[str, Any], params: dict[str, str], depth: int
 ) -> str | None:
@@ -444,10 +430,10 @@ async def measure(args: argparse.Namespace, url: str, seeded: Seeded) -> None:
 
 def row(case: Case, size: int, server: dict[str, list[float]], sql: dict[str, list[float]]) -> str:
     def ms(samples: list[float], p: float) -> str:
-        return f"{pct(samples, p) * 1000:.2f} ms"
+        return f"{percentile(samples, p) * 1000:.2f} ms"
 
     first, deep = server["first"], server.get("deep")
-    ratio = f"{pct(deep, 50) / pct(first, 50):.2f}" if deep else "–"
+    ratio = f"{percentile(deep, 50) / percentile(first, 50):.2f}" if deep else "–"
     deep_cells = f"{ms(deep, 50)} | {ms(deep, 99)}" if deep else "– | –"
     sql_cells = ms(sql["first"], 50) + (" / " + ms(sql["deep"], 50) if deep else "")
     return (
@@ -488,8 +474,7 @@ def main() -> None:
         asyncio.run(measure(args, url, seeded))
     finally:
         if not args.keep:
-            with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
+            drop_database(args.database)
 
 
 if __name__ == "__main__":

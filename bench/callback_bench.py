@@ -26,33 +26,32 @@ import hmac
 import multiprocessing
 import os
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from array import array
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from pathlib import Path
 from urllib.parse import urlencode
 
-import httpx
-import psycopg
 from sqlalchemy import create_engine, insert, text
 
 from app.models import Agent, Call, Project, User
-from bench.call_history_bench import run_migrations
+from bench.common import (
+    Measured,
+    add_load_arguments,
+    app_env,
+    create_database,
+    drop_database,
+    migrate,
+    report,
+    scratch,
+    serve,
+    sync_url,
+)
 from bench.loadgen import Result
 
-ROOT = Path(__file__).resolve().parent.parent
-ADMIN_URL = "postgresql://root@127.0.0.1:5432/postgres"
 PG_DATABASE = "talkstack_bench_callbacks"
 PUBLIC = "https://talkstack.example.com"
 ACCOUNT_SID = "AC" + "5" * 32
@@ -60,6 +59,7 @@ AUTH_TOKEN = "f" * 32
 AGENT_NUMBER = "+14155550100"
 WEBHOOK = "https://hooks.example.com/talkstack/calls"
 SERVER_FLAGS = ["--workers", "1", "--no-access-log", "--log-level", "warning"]
+WIDTH = 11  # of the database column
 PROGRESS = ("initiated", "ringing", "in-progress", "completed")
 # What Twilio adds about where each party is (both numbers are in San Francisco here).
 GEO = {
@@ -206,64 +206,7 @@ def run_load(load: Load, processes: int) -> tuple[Result, int]:
     return result, sum(p[3] for p in parts)
 
 
-# -- the server --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    # utime + stime of the whole process (every thread: aiosqlite's included).
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextmanager
-def serve(env: dict[str, str], cpu: int, log: Path) -> Iterator[tuple[int, int]]:
-    """uvicorn with app.main:create_app on `cpu`; yields (pid, port)."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), *SERVER_FLAGS]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["taskset", "-c", str(cpu), *cmd],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the server exited:\n{log.read_text(errors='replace')}")
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the server did not start") from None
-                time.sleep(0.1)
-        yield proc.pid, port
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
 # -- the data ----------------------------------------------------------------------------------
-
-
-def sync_url(url: str) -> str:
-    return url.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 def seed(url: str, calls: int) -> list[Target]:
@@ -330,78 +273,46 @@ def check(url: str, answered: int) -> None:
     assert jobs.get("call.price", 0) == statuses.get("completed", 0)
 
 
-@dataclass(frozen=True)
-class Measured:
-    result: Result
-    busy: float
-    cpu_per_request: float
-
-
 def bench_one(database: str, args: argparse.Namespace, tmp: Path) -> Measured:
-    if database == "sqlite":
-        url = f"sqlite:///{tmp}/bench.db"
-    else:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
-            admin.execute(f'CREATE DATABASE "{PG_DATABASE}"')
-        url = ADMIN_URL.rsplit("/", 1)[0] + "/" + PG_DATABASE
+    url = f"sqlite:///{tmp}/bench.db" if database == "sqlite" else create_database(PG_DATABASE)
     try:
-        run_migrations(url)
-        t0 = time.monotonic()
-        targets = seed(url, args.calls)
-        print(f"{database}: seeded {len(targets):,} calls in {time.monotonic() - t0:.1f}s")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "TWILIO_"))}
-        env.update(
-            DATABASE_URL=url,
-            DATA_DIR=str(tmp / "data"),
-            SECRET_KEY=secrets.token_urlsafe(48),
+        env = app_env(
+            url,
+            tmp,
             PUBLIC_BASE_URL=PUBLIC,
             TWILIO_ACCOUNT_SID=ACCOUNT_SID,
             TWILIO_AUTH_TOKEN=AUTH_TOKEN,
             # The jobs stay queued: no delivery competes for the core, none goes out.
             RUN_JOBS_IN_PROCESS="false",
-            RATE_LIMIT_ENABLED="false",
-            LOG_LEVEL="WARNING",
-            PYTHONPATH=str(ROOT),
         )
+        migrate(env)
+        t0 = time.monotonic()
+        targets = seed(url, args.calls)
+        print(f"{database}: seeded {len(targets):,} calls in {time.monotonic() - t0:.1f}s")
         per_connection = [targets[i :: args.connections] for i in range(args.connections)]
-        load = Load(0, per_connection, args.warmup, args.duration, tuple(args.client_cpus))
-        with serve(env, args.server_cpu, tmp / f"{database}.log") as (pid, port):
-            load = Load(port, load.targets, load.warmup, load.duration, load.cpus)
-            cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        log = tmp / f"{database}.log"
+        with serve("app.main:create_app", env, args.server_cpu, log, flags=SERVER_FLAGS) as server:
+            load = Load(
+                server.port, per_connection, args.warmup, args.duration, tuple(args.client_cpus)
+            )
+            cpu0, t0 = server.cpu_seconds(), time.monotonic()
             result, starved = run_load(load, args.processes)
-            cpu = cpu_seconds(pid) - cpu0
+            cpu = server.cpu_seconds() - cpu0
             elapsed = time.monotonic() - t0
         if starved:
             raise SystemExit(f"{starved} connections ran out of calls: raise --calls")
         measured = Measured(result, cpu / elapsed, cpu / max(result.total, 1))
-        report(database, measured)
+        report(database, measured, WIDTH)
         check(url, result.total)
         return measured
     finally:
         if database == "postgresql" and not args.keep:
-            with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
-
-
-def report(name: str, m: Measured) -> None:
-    r = m.result
-    print(
-        f"{name:<11} {r.rps:>7.0f} req/s  p50 {r.percentile(50) * 1000:6.2f} ms"
-        f"  p99 {r.percentile(99) * 1000:6.2f} ms  errors {r.errors:<3}"
-        f"  server cpu {m.busy:4.0%}, {m.cpu_per_request * 1e6:5.0f} us/request",
-        flush=True,
-    )
+            drop_database(PG_DATABASE)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
-    parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--processes", type=int, default=1, help="load generator processes")
-    parser.add_argument("--server-cpu", type=int, default=0)
-    parser.add_argument("--client-cpus", type=int, nargs="+", default=[1])
+    add_load_arguments(parser)
     parser.add_argument("--calls", type=int, default=60_000, help="seeded calls (4 callbacks each)")
     parser.add_argument("--database", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and the PG db")
@@ -416,13 +327,13 @@ def main() -> None:
         AUTH_TOKEN
     ).compute_signature(url, sample)
 
-    tmp = Path(tempfile.mkdtemp(prefix="talkstack-callback-bench-"))
     print(
         f"one uvicorn worker on cpu {args.server_cpu}, load generator on cpus "
         f"{args.client_cpus}; {args.connections} connections, "
         f"{args.warmup:g}s warm-up + {args.duration:g}s measured"
     )
-    try:
+    kept = "logs and the SQLite database"
+    with scratch("talkstack-callback-bench-", keep=args.keep, kept=kept) as tmp:
         databases = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
         results = {db: bench_one(db, args, tmp) for db in databases}
         print()
@@ -435,11 +346,6 @@ def main() -> None:
                 f"| {r.percentile(99) * 1000:.1f} ms | {r.errors} "
                 f"| {m.cpu_per_request * 1e6:.0f} µs | {m.busy:.0%} |"
             )
-    finally:
-        if args.keep:
-            print(f"logs and the SQLite database kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -55,12 +55,6 @@ import os
 import random
 import re
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
@@ -74,7 +68,18 @@ from typing import Any, cast
 import httpx
 from sqlalchemy import create_engine, insert, text
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.common import (
+    Server,
+    app_env,
+    core_seconds,
+    cpu_seconds,
+    migrate,
+    percentile,
+    scratch,
+    serve,
+    sync_url,
+)
+
 PUBLIC = "https://talkstack.bench"
 ACCOUNT_SID = "AC" + "b" * 32
 AUTH_TOKEN = "0123456789abcdef" * 2
@@ -480,65 +485,6 @@ def _load_main(plan: Plan) -> tuple[list[Turn], float]:
 # -- the server and its data ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    # utime + stime of the whole process (every thread: aiosqlite's included).
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def core_seconds(cpu: int) -> float:
-    """Busy seconds of one core, every process included (/proc/stat): the machine is shared."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{cpu} "):
-            ticks = [int(v) for v in line.split()[1:9]]
-            return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
-    raise SystemExit(f"no cpu{cpu} in /proc/stat")
-
-
-@contextmanager
-def serve(env: dict[str, str], cpu: int, log: Path) -> Iterator[tuple[int, int]]:
-    """uvicorn with app.main:create_app pinned to `cpu`; yields (pid, port)."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), *SERVER_FLAGS]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            ["taskset", "-c", str(cpu), *cmd],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the server exited:\n{log.read_text(errors='replace')}")
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).raise_for_status()
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the server did not start") from None
-                time.sleep(0.1)
-        yield proc.pid, port
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-
-
 @contextmanager
 def fake_llm(cpu: int, interval: float) -> Iterator[tuple[int, int]]:
     """The fake LLM in its own process pinned to `cpu`; yields (pid, port)."""
@@ -555,13 +501,6 @@ def fake_llm(cpu: int, interval: float) -> Iterator[tuple[int, int]]:
     finally:
         proc.terminate()
         proc.join(10)
-
-
-def sync_url(url: str) -> str:
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.removeprefix(prefix)
-    return url
 
 
 def seed(url: str, calls: int) -> list[Target]:
@@ -627,13 +566,6 @@ def saved_transcripts(url: str, expected: int, within: float = 15.0) -> tuple[in
 # -- the numbers -----------------------------------------------------------------------------
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
-
-
 @dataclass(frozen=True)
 class Measured:
     overhead: list[float]  # seconds, per measured turn
@@ -651,12 +583,11 @@ class Measured:
 
 
 def measure(
-    args: argparse.Namespace, server: tuple[int, int], llm: tuple[int, int], targets: list[Target]
+    args: argparse.Namespace, server: Server, llm: tuple[int, int], targets: list[Target]
 ) -> Measured:
-    pid, port = server
     llm_pid, llm_port = llm
     plan = Plan(
-        port=port,
+        port=server.port,
         targets=targets,
         turns=args.turns,
         warmup_turns=args.warmup_turns,
@@ -666,12 +597,12 @@ def measure(
     )
     ctx = multiprocessing.get_context("spawn")
     cores = (args.server_cpu, args.client_cpu)
-    before = [cpu_seconds(pid), cpu_seconds(llm_pid), *map(core_seconds, cores)]
+    before = [server.cpu_seconds(), cpu_seconds(llm_pid), *map(core_seconds, cores)]
     t0 = time.monotonic()
     with ctx.Pool(1) as pool:
         turns, load_cpu = pool.apply(_load_main, (plan,))
     elapsed = time.monotonic() - t0
-    after = [cpu_seconds(pid), cpu_seconds(llm_pid), *map(core_seconds, cores)]
+    after = [server.cpu_seconds(), cpu_seconds(llm_pid), *map(core_seconds, cores)]
     cpu, llm_cpu, server_core, client_core = (b - a for a, b in zip(before, after, strict=True))
     answer = httpx.get(f"http://127.0.0.1:{llm_port}/records", timeout=10).json()
     records = {(c, t): (received, written) for c, t, received, written in answer["records"]}
@@ -765,14 +696,16 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="talkstack-conversation-bench-"))
+    with scratch("talkstack-conversation-bench-", keep=args.keep, kept="log and database") as tmp:
+        run_bench(args, tmp)
+
+
+def run_bench(args: argparse.Namespace, tmp: Path) -> None:
     url = args.database_url or f"sqlite:///{tmp}/bench.db"
-    drop = ("SMTP_", "TWILIO_", "LLM_", "CONVERSATION_", "REDIS_", "JOB_", "RUN_JOBS")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env.update(
-        DATABASE_URL=url,
-        DATA_DIR=str(tmp / "data"),
-        SECRET_KEY=secrets.token_urlsafe(48),
+    env = app_env(
+        url,
+        tmp,
+        drop=("SMTP_", "TWILIO_", "LLM_", "CONVERSATION_", "REDIS_", "JOB_", "RUN_JOBS"),
         PUBLIC_BASE_URL=PUBLIC,
         TWILIO_ACCOUNT_SID=ACCOUNT_SID,
         TWILIO_AUTH_TOKEN=AUTH_TOKEN,
@@ -784,46 +717,34 @@ def main() -> None:
         CONVERSATION_REPROMPTS="0",
         # The post-call analysis jobs stay queued: nothing competes for the server core.
         RUN_JOBS_IN_PROCESS="false",
-        RATE_LIMIT_ENABLED="false",
-        LOG_LEVEL="WARNING",
-        PYTHONPATH=str(ROOT),
     )
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        targets = seed(url, args.calls)
-        database = url.split(":", 1)[0].split("+", 1)[0]
-        print(
-            f"{database}; one uvicorn worker on cpu {args.server_cpu} (--ws websockets-sansio);"
-            f" fake LLM and load generator on cpu {args.client_cpu}\n"
-            f"{args.calls} concurrent calls, {args.warmup_turns} warm-up + {args.turns} measured"
-            f" turns each; callee pauses {args.pause_ms[0]:g}-{args.pause_ms[1]:g} ms;"
-            f" LLM reply of {len(REPLY)} chunks, first at once, then every"
-            f" {args.chunk_interval_ms:g} ms",
-            flush=True,
-        )
-        with fake_llm(args.client_cpu, args.chunk_interval_ms / 1000) as llm:
-            env["LLM_BASE_URL"] = f"http://127.0.0.1:{llm[1]}/v1"
-            with serve(env, args.server_cpu, tmp / "server.log") as server:
-                measured = measure(args, server, llm, targets)
-                # Greeting, then a callee turn and an agent turn per prompt.
-                expected = 1 + 2 * (args.warmup_turns + args.turns)
-                whole, calls = saved_transcripts(url, expected)
-        report(database, args.calls, measured)
-        print(f"transcripts saved whole: {whole} of {calls} calls ({expected} turns each)")
-        if whole != calls:
-            print((tmp / "server.log").read_text(errors="replace")[-4000:])
-            raise SystemExit("some transcripts were not saved whole")
-    finally:
-        if args.keep:
-            print(f"log and database kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    migrate(env)
+    targets = seed(url, args.calls)
+    database = url.split(":", 1)[0].split("+", 1)[0]
+    print(
+        f"{database}; one uvicorn worker on cpu {args.server_cpu} (--ws websockets-sansio);"
+        f" fake LLM and load generator on cpu {args.client_cpu}\n"
+        f"{args.calls} concurrent calls, {args.warmup_turns} warm-up + {args.turns} measured"
+        f" turns each; callee pauses {args.pause_ms[0]:g}-{args.pause_ms[1]:g} ms;"
+        f" LLM reply of {len(REPLY)} chunks, first at once, then every"
+        f" {args.chunk_interval_ms:g} ms",
+        flush=True,
+    )
+    log = tmp / "server.log"
+    with fake_llm(args.client_cpu, args.chunk_interval_ms / 1000) as llm:
+        env["LLM_BASE_URL"] = f"http://127.0.0.1:{llm[1]}/v1"
+        with serve(
+            "app.main:create_app", env, args.server_cpu, log, flags=SERVER_FLAGS, start_timeout=60
+        ) as server:
+            measured = measure(args, server, llm, targets)
+            # Greeting, then a callee turn and an agent turn per prompt.
+            expected = 1 + 2 * (args.warmup_turns + args.turns)
+            whole, calls = saved_transcripts(url, expected)
+    report(database, args.calls, measured)
+    print(f"transcripts saved whole: {whole} of {calls} calls ({expected} turns each)")
+    if whole != calls:
+        print(log.read_text(errors="replace")[-4000:])
+        raise SystemExit("some transcripts were not saved whole")
 
 
 if __name__ == "__main__":

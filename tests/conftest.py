@@ -19,6 +19,7 @@ from alembic.config import Config
 from app.config import Settings
 from app.main import create_app
 from tests.mailbox import Mailbox
+from tests.standins.server import running
 
 pytest_plugins = ["tests.standins.twilio", "tests.standins.llm", "tests.standins.hubspot"]
 
@@ -107,12 +108,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture(scope="session")
 def mailbox() -> Iterator[Mailbox]:
-    box = Mailbox(port=free_port())
-    box.start()
-    try:
+    with running(Mailbox(port=free_port())) as box:
         yield box
-    finally:
-        box.stop()
 
 
 @pytest.fixture

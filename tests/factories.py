@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ from sqlalchemy import func, select, update
 
 from app.models import PasswordResetToken, Project, RefreshToken, User
 from tests.mailbox import Mailbox
+from tests.standins.twilio import TwilioStandin
 
 PASSWORD = "correct horse battery"
 
@@ -60,6 +62,54 @@ async def api_key_for(client: httpx.AsyncClient, account: Account) -> str:
     assert r.status_code == 200, r.text
     key: str = r.json()["apiKey"]
     return key
+
+
+@dataclass
+class CallingAgent:
+    """What a test that places calls starts from."""
+
+    key: dict[str, str]  # the x-api-key header of the account that owns it all
+    project: str
+    agent: str
+    number_sid: str  # the agent's number at the Twilio stand-in
+    webhook_secret: str | None = None  # the project's, when it was given a webhook URL
+
+
+async def calling_agent(
+    client: httpx.AsyncClient,
+    mailbox: Mailbox,
+    twilio: TwilioStandin,
+    *,
+    number: str,
+    agent: Mapping[str, Any],
+    project_name: str = "Clinic",
+    webhook_url: str | None = None,
+) -> CallingAgent:
+    """A verified account with an API key, its project (with `webhook_url`, if given), and an
+    agent on `number`, a number the account owns at the Twilio stand-in. `agent` is the rest of
+    the create-agent body (systemInstruction, firstMessage...); the name is Jack unless given."""
+    account = await verified_account(client, mailbox)
+    key = {"x-api-key": await api_key_for(client, account)}
+    r = await client.post("/project/create-project", json={"name": project_name}, headers=key)
+    assert r.status_code == 200, r.text
+    project: str = r.json()["data"]["id"]
+    secret = None
+    if webhook_url is not None:
+        r = await client.post(
+            "/project/call-status/add-webhookurl",
+            json={"projectId": project, "webhookURL": webhook_url},
+            headers=key,
+        )
+        assert r.status_code == 200, r.text
+        secret = r.json()["webhookSecret"]
+    number_sid = twilio.add_incoming_number(number)
+    r = await client.post(
+        "/agent/create-agent",
+        json={"name": "Jack", **agent, "projectId": project, "phoneNumber": number},
+        headers=key,
+    )
+    assert r.status_code == 200, r.text
+    return CallingAgent(key, project, r.json()["data"]["id"], number_sid, secret)
 
 
 async def make_project(app: Any, user_id: str, name: str = "Project", **fields: Any) -> str:

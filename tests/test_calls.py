@@ -6,6 +6,8 @@ import asyncio
 import json
 import random
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -15,7 +17,13 @@ from twilio.request_validator import RequestValidator
 
 from app.call import callbacks
 from app.models import Call, Job, Project
-from tests.factories import api_key_for, assert_error, verified_account
+from tests.factories import (
+    CallingAgent,
+    api_key_for,
+    assert_error,
+    calling_agent,
+    verified_account,
+)
 from tests.standins.twilio import AUTH_TOKEN
 
 FROM = "+14155550100"
@@ -28,38 +36,25 @@ def settings_overrides(twilio_standin) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def setup(client, mailbox, twilio_standin) -> dict[str, Any]:
-    acct = await verified_account(client, mailbox)
-    key = {"x-api-key": await api_key_for(client, acct)}
-    r = await client.post("/project/create-project", json={"name": "Clinic"}, headers=key)
-    project = r.json()["data"]["id"]
-    twilio_standin.add_incoming_number(FROM)
-    r = await client.post(
-        "/agent/create-agent",
-        json={
-            "name": "Jack",
-            "projectId": project,
-            "systemInstruction": "You are Jack calling {{name}}.",
-            "firstMessage": "Hi {{name}}, this is Jack & co.",
-            "phoneNumber": FROM,
-            "maxCallDurationSeconds": 300,
-        },
-        headers=key,
-    )
-    assert r.status_code == 200, r.text
-    return {"key": key, "project": project, "agent": r.json()["data"]["id"]}
+async def setup(client, mailbox, twilio_standin) -> CallingAgent:
+    agent = {
+        "systemInstruction": "You are Jack calling {{name}}.",
+        "firstMessage": "Hi {{name}}, this is Jack & co.",
+        "maxCallDurationSeconds": 300,
+    }
+    return await calling_agent(client, mailbox, twilio_standin, number=FROM, agent=agent)
 
 
 async def make_call(client, setup, *, headers=None, **body: Any):
     payload = {
         "number": TO,
-        "projectId": setup["project"],
-        "agentId": setup["agent"],
+        "projectId": setup.project,
+        "agentId": setup.agent,
         "dynamicVariables": {"name": "John"},
         **body,
     }
     return await client.post(
-        "/call/makeCall", json=payload, headers={**setup["key"], **(headers or {})}
+        "/call/makeCall", json=payload, headers={**setup.key, **(headers or {})}
     )
 
 
@@ -111,8 +106,8 @@ async def test_invalid_destination(client, setup, twilio_standin, app, number):
 async def test_agent_without_number_is_400(client, setup, twilio_standin, app):
     r = await client.post(
         "/agent/create-agent",
-        json={"name": "N", "systemInstruction": "x", "projectId": setup["project"]},
-        headers=setup["key"],
+        json={"name": "N", "systemInstruction": "x", "projectId": setup.project},
+        headers=setup.key,
     )
     r = await make_call(client, setup, agentId=r.json()["data"]["id"])
     assert_error(r, 400, "AGENT_HAS_NO_NUMBER")
@@ -124,7 +119,7 @@ async def test_unknown_agent_or_foreign_project_is_404(client, setup, mailbox):
     key = {"x-api-key": await api_key_for(client, other)}
     r = await client.post(
         "/call/makeCall",
-        json={"number": TO, "projectId": setup["project"], "agentId": setup["agent"]},
+        json={"number": TO, "projectId": setup.project, "agentId": setup.agent},
         headers=key,
     )
     assert_error(r, 404, "PROJECT_NOT_FOUND")
@@ -177,9 +172,7 @@ async def _placed(client, setup) -> str:
 
 
 async def get_call(client, setup, sid: str, key: str = "sid") -> dict[str, Any]:
-    r = await client.post(
-        "/call", json={key: sid, "projectId": setup["project"]}, headers=setup["key"]
-    )
+    r = await client.post("/call", json={key: sid, "projectId": setup.project}, headers=setup.key)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -285,7 +278,7 @@ async def test_get_call_of_another_user_is_404(client, setup, mailbox):
     key = {"x-api-key": await api_key_for(client, other)}
     assert_error(await client.post("/call", json={"sid": sid}, headers=key), 404, "CALL_NOT_FOUND")
     assert_error(
-        await client.post("/call", json={"sid": "CA" + "0" * 32}, headers=setup["key"]),
+        await client.post("/call", json={"sid": "CA" + "0" * 32}, headers=setup.key),
         404,
         "CALL_NOT_FOUND",
     )
@@ -318,11 +311,27 @@ async def test_price_job_stores_positive_cost(client, setup, twilio_standin, app
 async def _hook(app, setup) -> None:
     """The project gets a webhook URL (set in the database: nothing is delivered here)."""
     async with app.state.ctx.sessionmaker() as s:
-        project = await s.get(Project, uuid.UUID(setup["project"]))
+        project = await s.get(Project, uuid.UUID(setup.project))
         assert project is not None
         project.call_status_webhook = "https://hooks.example.com/talkstack"
         project.webhook_secret = "s" * 32
         await s.commit()
+
+
+@contextmanager
+def counted_commits(app) -> Iterator[list[int]]:
+    """One entry per commit the app's engine makes while the block runs."""
+    commits: list[int] = []
+    engine = app.state.ctx.engine.sync_engine
+
+    def count(_conn: Any) -> None:
+        commits.append(1)
+
+    event.listen(engine, "commit", count)
+    try:
+        yield commits
+    finally:
+        event.remove(engine, "commit", count)
 
 
 async def _jobs(app, kind: str) -> list[Job]:
@@ -377,12 +386,8 @@ async def test_status_callbacks_arriving_together_share_one_transaction(
         return real(**kwargs)
 
     monkeypatch.setattr(callbacks, "status_update", failing_for_bad)
-    commits: list[int] = []
-    engine = app.state.ctx.engine.sync_engine
-    count = lambda _conn: commits.append(1)  # noqa: E731
-    event.listen(engine, "commit", count)
     ingest = callbacks.status_ingest(app.state.ctx.sessionmaker)
-    try:
+    with counted_commits(app) as commits:
         # Applied from one task each, as requests are: all are waiting before the first write.
         results = await asyncio.gather(
             *(
@@ -391,8 +396,6 @@ async def test_status_callbacks_arriving_together_share_one_transaction(
             ),
             return_exceptions=True,
         )
-    finally:
-        event.remove(engine, "commit", count)
 
     assert results[0] is True and results[2] is True and results[3] is True
     assert results[4] is False
@@ -407,12 +410,8 @@ async def test_status_callbacks_arriving_together_share_one_transaction(
 async def test_one_batch_writes_many_callbacks_in_one_commit(client, setup, twilio_standin, app):
     sids = [await _placed(client, setup) for _ in range(5)]
     rows = {c.call_sid: c.id for c in await calls(app)}
-    commits: list[int] = []
-    engine = app.state.ctx.engine.sync_engine
-    count = lambda _conn: commits.append(1)  # noqa: E731
-    event.listen(engine, "commit", count)
     ingest = callbacks.status_ingest(app.state.ctx.sessionmaker)
-    try:
+    with counted_commits(app) as commits:
         results = await asyncio.gather(
             *(
                 ingest.apply(
@@ -422,8 +421,6 @@ async def test_one_batch_writes_many_callbacks_in_one_commit(client, setup, twil
                 for n, status in enumerate(("ringing", "in-progress"))
             )
         )
-    finally:
-        event.remove(engine, "commit", count)
 
     assert results == [True] * 10 and len(commits) == 1
     assert {c.status for c in await calls(app)} == {"in-progress"}

@@ -18,7 +18,13 @@ from sqlalchemy import select
 
 from app.jobs.webhooks import verify_signature
 from app.models import Call, CallAnalysis, Job
-from tests.factories import api_key_for, db_update, verified_account
+from tests.factories import (
+    CallingAgent,
+    api_key_for,
+    calling_agent,
+    db_update,
+    verified_account,
+)
 from tests.standins.receiver import WebhookReceiver, running_receiver
 from tests.standins.twilio_relay import (
     LiveServer,
@@ -65,49 +71,22 @@ def settings_overrides(request, twilio_standin, llm) -> dict[str, Any]:
 
 @pytest.fixture
 async def live(app):
-    server = LiveServer(app)
-    await server.start()
-    try:
+    async with LiveServer(app) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest.fixture
-async def setup(client, mailbox, twilio_standin, receiver) -> dict[str, Any]:
-    acct = await verified_account(client, mailbox)
-    key = {"x-api-key": await api_key_for(client, acct)}
-    r = await client.post("/project/create-project", json={"name": "Clinic"}, headers=key)
-    project = r.json()["data"]["id"]
-    r = await client.post(
-        "/project/call-status/add-webhookurl",
-        json={"projectId": project, "webhookURL": receiver.url},
-        headers=key,
-    )
-    secret = r.json()["webhookSecret"]
-    number_sid = twilio_standin.add_incoming_number(FROM)
-    r = await client.post(
-        "/agent/create-agent",
-        json={
-            "name": "Jack",
-            "projectId": project,
-            "systemInstruction": "You are Jack from the clinic, calling {{name}}.",
-            "firstMessage": "Hi {{name}}, this is Jack from the clinic.",
-            "phoneNumber": FROM,
-            "voice_id": "CwhRBWXzGAHq8TQ4Fs17",
-            "language": "en-GB",
-            "analysisQuestions": QUESTIONS,
-        },
-        headers=key,
-    )
-    assert r.status_code == 200, r.text
-    return {
-        "key": key,
-        "project": project,
-        "agent": r.json()["data"]["id"],
-        "secret": secret,
-        "number_sid": number_sid,
+async def setup(client, mailbox, twilio_standin, receiver) -> CallingAgent:
+    agent = {
+        "systemInstruction": "You are Jack from the clinic, calling {{name}}.",
+        "firstMessage": "Hi {{name}}, this is Jack from the clinic.",
+        "voice_id": "CwhRBWXzGAHq8TQ4Fs17",
+        "language": "en-GB",
+        "analysisQuestions": QUESTIONS,
     }
+    return await calling_agent(
+        client, mailbox, twilio_standin, number=FROM, webhook_url=receiver.url, agent=agent
+    )
 
 
 async def dial(client, setup) -> tuple[str, Call]:
@@ -115,11 +94,11 @@ async def dial(client, setup) -> tuple[str, Call]:
         "/call/makeCall",
         json={
             "number": TO,
-            "projectId": setup["project"],
-            "agentId": setup["agent"],
+            "projectId": setup.project,
+            "agentId": setup.agent,
             "dynamicVariables": {"name": "John"},
         },
-        headers=setup["key"],
+        headers=setup.key,
     )
     assert r.status_code == 200, r.text
     sid = r.json()["call"]["call_id"]
@@ -181,8 +160,8 @@ async def test_twiml_hands_the_answered_call_to_conversation_relay(client, setup
     assert attrs["dtmfDetection"] == "true"
     assert twiml.parameters == {
         "callId": str(call.id),
-        "projectId": setup["project"],
-        "agentId": setup["agent"],
+        "projectId": setup.project,
+        "agentId": setup.agent,
         "direction": "outbound",
     }
 
@@ -228,7 +207,7 @@ async def test_a_whole_call_from_dial_to_transcript_to_analysis_to_webhook(
 
     # The transcript, the final facts and the analysis, as the user reads them.
     await eventually(app, sid, lambda c: c.data != {})
-    r = await client.post("/call", json={"sid": sid}, headers=setup["key"])
+    r = await client.post("/call", json={"sid": sid}, headers=setup.key)
     body = r.json()
     assert body["status"] == "completed" and body["seconds"] == 31
     assert body["endedReason"] == "agent-ended"
@@ -273,7 +252,7 @@ async def test_a_whole_call_from_dial_to_transcript_to_analysis_to_webhook(
     assert len(receiver.deliveries) == 6  # five events, the first twice
     for delivery in receiver.deliveries:
         header = delivery.headers["x-talkstack-signature"]
-        assert verify_signature(setup["secret"], header, delivery.body)
+        assert verify_signature(setup.webhook_secret, header, delivery.body)
 
 
 # -- interruptions, keys, silence, limits, failures -----------------------------------------
@@ -368,7 +347,7 @@ async def test_the_call_ends_at_the_agents_maximum_duration(
 ):
     from app.models import Agent
 
-    await db_update(app, Agent, Agent.id == uuid.UUID(setup["agent"]), max_call_duration_seconds=1)
+    await db_update(app, Agent, Agent.id == uuid.UUID(setup.agent), max_call_duration_seconds=1)
     sid, _ = await dial(client, setup)
     relay = await answer(twilio_standin, client, live, sid)
     started = time.monotonic()
@@ -471,7 +450,7 @@ async def ring(twilio_standin, client, to: str, caller: str = CALLER) -> tuple[s
 async def test_an_inbound_call_is_answered_by_the_numbers_agent(
     app, client, live, setup, twilio_standin, llm, receiver
 ):
-    number = twilio_standin.incoming_number(setup["number_sid"])
+    number = twilio_standin.incoming_number(setup.number_sid)
     assert number["voice_url"] == "https://talkstack.test/twilio/voice/inbound"
     sid, r = await ring(twilio_standin, client, FROM)
     assert r.status_code == 200, r.text
@@ -479,7 +458,7 @@ async def test_an_inbound_call_is_answered_by_the_numbers_agent(
     call = await call_row(app, sid)
     assert call.direction == "inbound" and call.status == "ringing"
     assert (call.from_number, call.to_number) == (CALLER, FROM)
-    assert str(call.agent_id) == setup["agent"] and str(call.project_id) == setup["project"]
+    assert str(call.agent_id) == setup.agent and str(call.project_id) == setup.project
     assert twiml.parameters["direction"] == "inbound"
     # No {{name}} on an inbound call: the placeholder is left empty, never read out.
     assert call.first_message == "Hi , this is Jack from the clinic."
@@ -506,7 +485,7 @@ async def test_an_inbound_call_is_answered_by_the_numbers_agent(
     assert r.status_code == 204
     call = await eventually(app, sid, lambda c: c.status == "completed" and c.data != {})
     assert call.seconds == 12 and call.ended_reason == "agent-ended"
-    r = await client.post("/call", json={"sid": sid}, headers=setup["key"])
+    r = await client.post("/call", json={"sid": sid}, headers=setup.key)
     body = r.json()
     assert body["direction"] == "inbound" and body["phoneNumber"] == CALLER
     assert body["transcript"][-1]["text"] == "Thanks for calling, goodbye."
@@ -582,7 +561,7 @@ async def test_analysis_on_demand_answers_typed_and_is_cached(
     )
     before = len(llm.requests)
     r = await client.post(
-        "/call/analysis", json={"callSid": sid, "questions": questions}, headers=setup["key"]
+        "/call/analysis", json={"callSid": sid, "questions": questions}, headers=setup.key
     )
     assert r.status_code == 200, r.text
     assert r.json() == {
@@ -601,12 +580,12 @@ async def test_analysis_on_demand_answers_typed_and_is_cached(
     }
     assert len(llm.requests) == before + 1
     again = await client.post(
-        "/call/analysis", json={"sid": sid, "questions": questions}, headers=setup["key"]
+        "/call/analysis", json={"sid": sid, "questions": questions}, headers=setup.key
     )
     assert again.json() == r.json()
     assert len(llm.requests) == before + 1  # answered from the cache
     # No questions: the agent's own, which the post-call analysis already answered.
-    r = await client.post("/call/analysis", json={"sid": sid}, headers=setup["key"])
+    r = await client.post("/call/analysis", json={"sid": sid}, headers=setup.key)
     assert r.status_code == 200
     assert [a["question"] for a in r.json()["analysis"]["answers"]] == [
         q["question"] for q in QUESTIONS
@@ -621,12 +600,12 @@ async def test_analysis_answers_that_do_not_fit_are_a_502_and_not_cached(
     questions = [{"question": "Which day?", "type": "Selector", "options": ["Monday", "Friday"]}]
     llm.reply_json({"summary": "s", "sentiment": "neutral", "answers": {"q1": "Sunday"}})
     r = await client.post(
-        "/call/analysis", json={"sid": sid, "questions": questions}, headers=setup["key"]
+        "/call/analysis", json={"sid": sid, "questions": questions}, headers=setup.key
     )
     assert r.status_code == 502 and r.json()["code"] == "LLM_UNAVAILABLE"
     llm.reply_error(500, count=3, retry_after=0.01)  # the client retries twice
     r = await client.post(
-        "/call/analysis", json={"sid": sid, "questions": questions}, headers=setup["key"]
+        "/call/analysis", json={"sid": sid, "questions": questions}, headers=setup.key
     )
     assert r.status_code == 502
     async with app.state.ctx.sessionmaker() as s:
@@ -638,10 +617,10 @@ async def test_analysis_of_a_call_in_progress_is_409_and_asks_nothing(
     client, setup, twilio_standin, llm
 ):
     sid, _ = await dial(client, setup)
-    r = await client.post("/call/analysis", json={"sid": sid}, headers=setup["key"])
+    r = await client.post("/call/analysis", json={"sid": sid}, headers=setup.key)
     assert r.status_code == 409 and r.json()["code"] == "CALL_IN_PROGRESS"
     await status(twilio_standin, client, sid, "no-answer")
-    r = await client.post("/call/analysis", json={"sid": sid}, headers=setup["key"])
+    r = await client.post("/call/analysis", json={"sid": sid}, headers=setup.key)
     assert r.status_code == 409 and r.json()["code"] == "NO_TRANSCRIPT"
     assert llm.requests == []
 
@@ -672,7 +651,7 @@ async def test_analysis_of_another_users_call_is_404(
 async def test_analysis_questions_are_validated(client, setup, questions):
     r = await client.post(
         "/call/analysis", json={"sid": "CA" + "0" * 32, "questions": questions},
-        headers=setup["key"],
+        headers=setup.key,
     )  # fmt: skip
     assert r.status_code == 400 and r.json()["code"] == "VALIDATION_ERROR"
 
@@ -681,7 +660,18 @@ async def test_the_analysis_job_is_queued_once_per_finished_conversation(
     app, client, live, setup, twilio_standin, llm
 ):
     sid = await finished_call(app, client, live, setup, twilio_standin, llm)
-    async with app.state.ctx.sessionmaker() as s:
-        jobs = (await s.execute(select(Job).where(Job.kind == "call.analyze"))).scalars().all()
+    # The call's data is saved by the job, which is marked done in the transaction after:
+    # wait for that too rather than read its status at once.
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        async with app.state.ctx.sessionmaker() as s:
+            query = select(Job).where(Job.kind == "call.analyze")
+            jobs = (await s.execute(query)).scalars().all()
+        if any(job.status == "running" for job in jobs) and (
+            asyncio.get_running_loop().time() < deadline
+        ):
+            await asyncio.sleep(0.05)
+            continue
+        break
     assert len(jobs) == 1 and jobs[0].status == "done"
     assert jobs[0].payload == {"call_id": str((await call_row(app, sid)).id)}

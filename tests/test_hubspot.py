@@ -22,7 +22,14 @@ from app.hubspot import jobs as hubspot_jobs
 from app.hubspot.sync import CallFacts, body, engagement
 from app.jobs.worker import JobWorker, PermanentFailure, RetryLater
 from app.models import Call, HubSpotConnection, Job
-from tests.factories import api_key_for, assert_error, assert_validation_error, verified_account
+from tests.factories import (
+    CallingAgent,
+    api_key_for,
+    assert_error,
+    assert_validation_error,
+    calling_agent,
+    verified_account,
+)
 from tests.standins.hubspot import PORTAL_ID, TOKEN
 from tests.standins.twilio_relay import LiveServer, answer
 
@@ -48,49 +55,34 @@ def settings_overrides(request, twilio_standin, hubspot, llm) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def setup(client, mailbox, twilio_standin) -> dict[str, Any]:
-    acct = await verified_account(client, mailbox)
-    key = {"x-api-key": await api_key_for(client, acct)}
-    r = await client.post("/project/create-project", json={"name": "Clinic"}, headers=key)
-    project = r.json()["data"]["id"]
-    twilio_standin.add_incoming_number(FROM)
-    r = await client.post(
-        "/agent/create-agent",
-        json={
-            "name": "Jack",
-            "projectId": project,
-            "systemInstruction": "You are Jack from the clinic.",
-            "firstMessage": "Hello, this is Jack from the clinic.",
-            "phoneNumber": FROM,
-        },
-        headers=key,
-    )
-    assert r.status_code == 200, r.text
-    return {"key": key, "project": project, "agent": r.json()["data"]["id"]}
+async def setup(client, mailbox, twilio_standin) -> CallingAgent:
+    agent = {
+        "systemInstruction": "You are Jack from the clinic.",
+        "firstMessage": "Hello, this is Jack from the clinic.",
+    }
+    return await calling_agent(client, mailbox, twilio_standin, number=FROM, agent=agent)
 
 
 async def connect(client, setup, token: str = TOKEN):
     return await client.post(
         "/hubspot/connect",
-        json={"projectId": setup["project"], "accessToken": token},
-        headers=setup["key"],
+        json={"projectId": setup.project, "accessToken": token},
+        headers=setup.key,
     )
 
 
 async def hubspot_status(client, setup) -> dict[str, Any]:
-    r = await client.post(
-        "/hubspot/status", json={"projectId": setup["project"]}, headers=setup["key"]
-    )
+    r = await client.post("/hubspot/status", json={"projectId": setup.project}, headers=setup.key)
     assert r.status_code == 200, r.text
     state: dict[str, Any] = r.json()["hubspot"]
     return state
 
 
 async def dial(client, setup, **body: Any) -> str:
-    payload = {"projectId": setup["project"], "agentId": setup["agent"], **body}
+    payload = {"projectId": setup.project, "agentId": setup.agent, **body}
     if "hubspotContactId" not in body:
         payload.setdefault("number", TO)
-    r = await client.post("/call/makeCall", json=payload, headers=setup["key"])
+    r = await client.post("/call/makeCall", json=payload, headers=setup.key)
     assert r.status_code == 200, r.text
     sid: str = r.json()["call"]["call_id"]
     return sid
@@ -185,7 +177,7 @@ async def test_disconnect_forgets_the_token(app, client, setup, hubspot):
     assert (await connect(client, setup)).status_code == 200
     for _ in range(2):  # the second time there is nothing to forget: still fine
         r = await client.post(
-            "/hubspot/disconnect", json={"projectId": setup["project"]}, headers=setup["key"]
+            "/hubspot/disconnect", json={"projectId": setup.project}, headers=setup.key
         )
         assert r.status_code == 200, r.text
         assert r.json()["hubspot"]["state"] == "not_connected"
@@ -226,7 +218,7 @@ async def test_another_user_cannot_connect_read_or_disconnect_a_projects_hubspot
         ("/hubspot/status", {}),
         ("/hubspot/disconnect", {}),
     ):
-        r = await client.post(path, json={"projectId": setup["project"], **extra}, headers=theirs)
+        r = await client.post(path, json={"projectId": setup.project, **extra}, headers=theirs)
         missing = await client.post(
             path, json={"projectId": str(uuid.uuid4()), **extra}, headers=theirs
         )
@@ -403,12 +395,12 @@ async def test_make_call_to_a_hubspot_contact(app, client, setup, hubspot, twili
     r = await client.put(
         "/agent",
         json={
-            "projectId": setup["project"],
-            "agentId": setup["agent"],
+            "projectId": setup.project,
+            "agentId": setup.agent,
             "systemInstruction": "You call {{hubspot.firstname}} ({{hubspot.jobtitle}}).",
             "firstMessage": "Hi {{hubspot.firstname}}, this is {{me}}.",
         },
-        headers=setup["key"],
+        headers=setup.key,
     )
     assert r.status_code == 200, r.text
     contact = hubspot.add_contact(mobilephone="+1 415 555 0177", firstname="Ana", jobtitle="CTO")
@@ -436,8 +428,8 @@ async def test_make_call_to_a_hubspot_contact(app, client, setup, hubspot, twili
 
 async def test_make_call_refusals_about_hubspot(app, client, setup, hubspot, twilio_standin):
     def make(**body: Any):
-        payload = {"projectId": setup["project"], "agentId": setup["agent"], **body}
-        return client.post("/call/makeCall", json=payload, headers=setup["key"])
+        payload = {"projectId": setup.project, "agentId": setup.agent, **body}
+        return client.post("/call/makeCall", json=payload, headers=setup.key)
 
     assert_validation_error(await make())
     assert_validation_error(await make(number=TO, hubspotContactId="101"))
@@ -463,9 +455,7 @@ async def test_a_conversation_reaches_hubspot_once_after_its_analysis(
     app, client, setup, hubspot, twilio_standin, llm
 ):
     assert (await connect(client, setup)).status_code == 200
-    live = LiveServer(app)
-    await live.start()
-    try:
+    async with LiveServer(app) as live:
         sid = await dial(client, setup)
         relay = await answer(twilio_standin, client, live, sid)
         await hang_up(client, twilio_standin, sid, "in-progress")
@@ -483,8 +473,6 @@ async def test_a_conversation_reaches_hubspot_once_after_its_analysis(
         while not hubspot.calls() or (await call_row(app, sid)).hubspot_call_id is None:
             assert time.monotonic() < deadline, "the call never reached HubSpot"
             await asyncio.sleep(0.05)
-    finally:
-        await live.stop()
 
     assert len(await sync_jobs(app)) == 1  # from the analysis, not from the final status
     [logged] = hubspot.calls()
@@ -545,9 +533,9 @@ def test_a_long_transcript_is_shortened_to_fit_hubspot():
 async def test_batch_rows_may_name_hubspot_contacts(app, client, setup, hubspot, twilio_standin):
     r = await client.put(
         "/agent",
-        json={"projectId": setup["project"], "agentId": setup["agent"],
+        json={"projectId": setup.project, "agentId": setup.agent,
               "systemInstruction": "You call {{hubspot.firstname}} about {{topic}}."},
-        headers=setup["key"],
+        headers=setup.key,
     )  # fmt: skip
     assert r.status_code == 200, r.text
     ana = hubspot.add_contact(mobilephone="+1 415 555 0177", firstname="Ana")
@@ -565,9 +553,9 @@ async def test_batch_rows_may_name_hubspot_contacts(app, client, setup, hubspot,
     def upload() -> Any:
         return client.post(
             "/call/batch-call",
-            data={"projectId": setup["project"], "agentId": setup["agent"]},
+            data={"projectId": setup.project, "agentId": setup.agent},
             files={"file": ("leads.csv", content, "text/csv")},
-            headers=setup["key"],
+            headers=setup.key,
         )
 
     # Not connected yet: the rows that name contacts are refused, the others go.
@@ -575,7 +563,7 @@ async def test_batch_rows_may_name_hubspot_contacts(app, client, setup, hubspot,
     assert r.status_code == 200, r.text
     refused = {x["row"]: x["error"] for x in r.json()["batch"]["rejected"]}
     assert refused[2] == "hubspotContactId needs the project connected to HubSpot"
-    await client.post(f"/call/batch-call/{r.json()['batch']['id']}/cancel", headers=setup["key"])
+    await client.post(f"/call/batch-call/{r.json()['batch']['id']}/cancel", headers=setup.key)
 
     assert (await connect(client, setup)).status_code == 200
     r = await upload()
@@ -588,7 +576,7 @@ async def test_batch_rows_may_name_hubspot_contacts(app, client, setup, hubspot,
     }
     deadline = time.monotonic() + 20
     while True:
-        r = await client.get(f"/call/batch-call/{batch['id']}", headers=setup["key"])
+        r = await client.get(f"/call/batch-call/{batch['id']}", headers=setup.key)
         body = r.json()
         if body["batch"]["status"] != "running" or time.monotonic() > deadline:
             break

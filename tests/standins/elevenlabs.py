@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.standins.server import LocalServer
+from tests.standins.server import LocalServer, reset_around, running
 
 API_KEY = "sk_standin_" + "0123456789abcdef" * 3
 
@@ -257,12 +257,8 @@ class ElevenLabsStandin:
 
 @pytest.fixture(scope="session")
 def elevenlabs_standin_server() -> Iterator[ElevenLabsStandin]:
-    standin = ElevenLabsStandin()
-    standin.start()
-    try:
+    with running(ElevenLabsStandin()) as standin:
         yield standin
-    finally:
-        standin.stop()
 
 
 @pytest.fixture
@@ -270,8 +266,5 @@ def elevenlabs_standin(
     elevenlabs_standin_server: ElevenLabsStandin,
 ) -> Iterator[ElevenLabsStandin]:
     """The session's ElevenLabs stand-in with its default voices, no requests, no faults."""
-    elevenlabs_standin_server.reset()
-    try:
-        yield elevenlabs_standin_server
-    finally:
-        elevenlabs_standin_server.reset()
+    with reset_around(elevenlabs_standin_server) as standin:
+        yield standin

@@ -43,7 +43,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.standins.server import LocalServer
+from tests.standins.server import LocalServer, reset_around, running
 
 TOKEN = "pat-na1-standin-0000-1111-2222-333333333333"
 PORTAL_ID = 62515
@@ -571,12 +571,8 @@ class HubSpotStandin:
 
 @pytest.fixture(scope="session")
 def hubspot_server() -> Iterator[HubSpotStandin]:
-    standin = HubSpotStandin()
-    standin.start()
-    try:
+    with running(HubSpotStandin()) as standin:
         yield standin
-    finally:
-        standin.stop()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -591,8 +587,5 @@ def _hubspot_is_never_the_real_one(hubspot_server: HubSpotStandin) -> Iterator[N
 @pytest.fixture
 def hubspot(hubspot_server: HubSpotStandin) -> Iterator[HubSpotStandin]:
     """The session's HubSpot stand-in, empty: no contacts, calls, requests or faults."""
-    hubspot_server.reset()
-    try:
-        yield hubspot_server
-    finally:
-        hubspot_server.reset()
+    with reset_around(hubspot_server) as standin:
+        yield standin

@@ -48,7 +48,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from tests.standins.server import LocalServer
+from tests.standins.server import LocalServer, reset_around, running
 
 API_KEY = "sk-standin-" + "0123456789abcdef" * 3
 MODEL = "gpt-4o-mini"
@@ -1414,19 +1414,12 @@ class LLMStandin:
 
 @pytest.fixture(scope="session")
 def llm_server() -> Iterator[LLMStandin]:
-    standin = LLMStandin()
-    standin.start()
-    try:
+    with running(LLMStandin()) as standin:
         yield standin
-    finally:
-        standin.stop()
 
 
 @pytest.fixture
 def llm(llm_server: LLMStandin) -> Iterator[LLMStandin]:
     """The session's OpenAI stand-in: no requests, no scripted replies, the default key."""
-    llm_server.reset()
-    try:
-        yield llm_server
-    finally:
-        llm_server.reset()
+    with reset_around(llm_server) as standin:
+        yield standin

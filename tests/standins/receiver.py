@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from tests.standins.server import LocalServer
+from tests.standins.server import LocalServer, running
 
 
 @dataclass(frozen=True)
@@ -116,11 +115,6 @@ class WebhookReceiver:
         await send({"type": "http.response.body", "body": body})
 
 
-@contextmanager
-def running_receiver() -> Iterator[WebhookReceiver]:
-    receiver = WebhookReceiver()
-    receiver.start()
-    try:
-        yield receiver
-    finally:
-        receiver.stop()
+def running_receiver() -> AbstractContextManager[WebhookReceiver]:
+    """A fresh receiver, listening for the `with` block."""
+    return running(WebhookReceiver())

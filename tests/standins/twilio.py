@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from tests.standins import twilio_wire as wire
-from tests.standins.server import LocalServer
+from tests.standins.server import LocalServer, reset_around, running
 from tests.standins.twilio_callbacks import CallCallbacks, TwilioCallback
 from tests.standins.twilio_wire import API_VERSION, Handler, Record, RecordedRequest, rfc2822
 
@@ -392,19 +392,12 @@ class TwilioStandin(CallCallbacks):
 
 @pytest.fixture(scope="session")
 def twilio_standin_server() -> Iterator[TwilioStandin]:
-    standin = TwilioStandin()
-    standin.start()
-    try:
+    with running(TwilioStandin()) as standin:
         yield standin
-    finally:
-        standin.stop()
 
 
 @pytest.fixture
 def twilio_standin(twilio_standin_server: TwilioStandin) -> Iterator[TwilioStandin]:
     """The session's Twilio stand-in, empty: no numbers, no recorded requests, no faults."""
-    twilio_standin_server.reset()
-    try:
-        yield twilio_standin_server
-    finally:
-        twilio_standin_server.reset()
+    with reset_around(twilio_standin_server) as standin:
+        yield standin

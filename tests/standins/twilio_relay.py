@@ -30,6 +30,7 @@ import websockets
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection
 
+from tests.standins.server import listening_socket, quiet_config
 from tests.standins.twilio import TwilioStandin
 from tests.standins.twilio_wire import new_sid
 
@@ -57,21 +58,9 @@ class LiveServer:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._socket = sock
+        self._socket = sock = listening_socket()
         self.port = int(sock.getsockname()[1])
-        config = uvicorn.Config(
-            self.app,
-            lifespan="off",  # the test's `app` fixture already runs the lifespan
-            ws="websockets-sansio",
-            http="h11",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        )
+        config = quiet_config(self.app, ws="websockets-sansio", timeout_graceful_shutdown=2)
         self._server = _InLoopServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         deadline = time.monotonic() + 10
@@ -88,6 +77,13 @@ class LiveServer:
                 await asyncio.wait_for(self._task, 10)
         if self._socket is not None:
             self._socket.close()
+
+    async def __aenter__(self) -> LiveServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
 
 
 @dataclass
