@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import anyio
-from sqlalchemy import DateTime, MetaData, Select, event
+from sqlalchemy import DateTime, MetaData, Select, Uuid, event
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -256,12 +257,17 @@ class _PreparedRead:
                 raise ValueError(f"parameter {name!r} is rendered at execution time")
             processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
             self._binds.append((name, bind.effective_value, processor))
-        self._columns: list[tuple[str, Callable[[Any], Any] | None]] = []
-        for column in query.selected_columns:
+        # Each column's position and result processor, by key.
+        self.columns: dict[str, tuple[int, Callable[[Any], Any] | None]] = {}
+        for position, column in enumerate(query.selected_columns):
             if column.key is None:
                 raise ValueError(f"column {column} has no key")
             processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
-            self._columns.append((column.key, processor))
+            if processor is not None and isinstance(column.type, Uuid):
+                # The same few ids come back on every request (the caller's, their active
+                # project's): a bounded memo of the immutable UUIDs skips parsing them again.
+                processor = functools.lru_cache(maxsize=4096)(processor)
+            self.columns[column.key] = (position, processor)
 
     def args(self, params: Mapping[str, Any]) -> list[Any]:
         args = []
@@ -270,11 +276,32 @@ class _PreparedRead:
             args.append(value if processor is None else processor(value))
         return args
 
-    def values(self, raw: Sequence[Any]) -> dict[str, Any]:
-        return {
-            key: value if processor is None else processor(value)
-            for (key, processor), value in zip(self._columns, raw, strict=True)
-        }
+    def values(self, raw: Sequence[Any]) -> PointRow:
+        return PointRow(self.columns, raw)
+
+
+class PointRow(Mapping[str, Any]):
+    """A row as SQLite gave it, each value converted (UUID, datetime...) when it is read: a
+    caller reads a dozen of the two dozen columns the lookup brings."""
+
+    __slots__ = ("_columns", "_raw")
+
+    def __init__(
+        self, columns: Mapping[str, tuple[int, Callable[[Any], Any] | None]], raw: Sequence[Any]
+    ) -> None:
+        self._columns = columns
+        self._raw = raw
+
+    def __getitem__(self, key: str) -> Any:
+        position, processor = self._columns[key]
+        value = self._raw[position]
+        return value if processor is None else processor(value)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns)
+
+    def __len__(self) -> int:
+        return len(self._columns)
 
 
 def _sqlite_busy(exc: sqlite3.OperationalError) -> bool:

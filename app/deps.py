@@ -7,7 +7,6 @@ from typing import Annotated
 
 import jwt
 from fastapi import Depends, Request
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth.credentials import Caller, caller_by_api_key_hash, caller_by_id
@@ -48,18 +47,23 @@ async def client_address(request: Request) -> str:
 
 ClientAddress = Annotated[str, Depends(client_address)]
 
-# auto_error=False: we raise our own 401 body, and a request may carry either credential.
-bearer_scheme = HTTPBearer(
-    auto_error=False, scheme_name="bearerAuth", description="Access token from /auth/login"
-)
-api_key_scheme = APIKeyHeader(
-    name="x-api-key",
-    auto_error=False,
-    scheme_name="apiKeyAuth",
-    description="API key from /user/generate-apikey",
-)
-
 _BAD_CREDENTIALS = "Invalid or expired credentials."
+
+# The two ways to authenticate, as the OpenAPI document declares them (app/openapi.py): the
+# Authorize dialog of /docs offers both.
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "bearerAuth": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Access token from /auth/login",
+    },
+    "apiKeyAuth": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "x-api-key",
+        "description": "API key from /user/generate-apikey",
+    },
+}
 
 
 async def _caller_from_bearer(ctx: AppContext, reader: PointReader, token: str) -> Caller:
@@ -84,40 +88,46 @@ async def _caller_from_api_key(reader: PointReader, key: str) -> Caller:
     return caller
 
 
-def _refuse_unusable_headers(
-    request: Request, bearer: HTTPAuthorizationCredentials | None, api_key: str | None
-) -> None:
-    # HTTPBearer/APIKeyHeader read "Authorization: Basic …", "Authorization: xyz" or an empty
-    # x-api-key as no credential at all; a credential presented is a credential that must be
-    # valid, so a good key next to a garbled Authorization header is still a 401.
-    if bearer is None and "authorization" in request.headers:
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (the scheme in any case), or
+    None when the header is absent or not of that form."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+# current_user reads both headers itself rather than through FastAPI's security classes
+# (HTTPBearer, APIKeyHeader): FastAPI solves a dependency's whole tree on every request, even
+# when its value is cached, and every route depends on this one, so its tree is kept to the
+# request alone. The schemes are declared in the OpenAPI document by app/openapi.py.
+async def current_user(request: Request) -> Caller:
+    """Bearer token or x-api-key. Every credential presented must be valid (CONTRACT.md §2).
+    One indexed lookup per credential, outside the request's session (Core, read-only)."""
+    headers = request.headers
+    authorization = headers.get("authorization")
+    api_key = headers.get("x-api-key")
+    token = bearer_token(authorization)
+    # A credential presented is a credential that must be valid: "Authorization: Basic …",
+    # a bare "Authorization: xyz" or an empty x-api-key is a 401 even next to a good key.
+    if token is None and authorization is not None:
         raise Unauthorized(
             "The Authorization header must be 'Bearer <access token>'.", code="INVALID_TOKEN"
         )
-    if not api_key and "x-api-key" in request.headers:
+    if api_key is not None and not api_key:
         raise Unauthorized(_BAD_CREDENTIALS, code="INVALID_API_KEY")
-
-
-# The protected router depends on current_user, and FastAPI solves a dependency's whole tree
-# on every request, even when its value is cached: its tree is kept to the two schemes (which
-# also declare the OpenAPI security), and the context is read from the request.
-async def current_user(
-    request: Request,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-    api_key: Annotated[str | None, Depends(api_key_scheme)],
-) -> Caller:
-    """Bearer token or x-api-key. Every credential presented must be valid (CONTRACT.md §2).
-    One indexed lookup per credential, outside the request's session (Core, read-only)."""
-    _refuse_unusable_headers(request, bearer, api_key)
-    if bearer is None and not api_key:
+    if token is None and api_key is None:
         raise Unauthorized(
             "Missing credentials: send 'Authorization: Bearer <token>' or 'x-api-key'."
         )
     ctx: AppContext = request.app.state.ctx
     reader = point_reader(ctx.engine)
     caller: Caller | None = None
-    if bearer is not None:
-        caller = await _caller_from_bearer(ctx, reader, bearer.credentials)
+    if token is not None:
+        caller = await _caller_from_bearer(ctx, reader, token)
     if api_key:
         key_caller = await _caller_from_api_key(reader, api_key)
         if caller is not None and key_caller.id != caller.id:
@@ -135,13 +145,10 @@ async def session_user(caller: CurrentCaller, session: SessionDep) -> User:
     return caller.user_in(session)
 
 
-async def bearer_user(
-    user: Annotated[User, Depends(session_user)],
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-) -> User:
+async def bearer_user(request: Request, user: Annotated[User, Depends(session_user)]) -> User:
     """Bearer token only: an API key cannot mint API keys. current_user, which session_user
     depends on, has checked every credential presented by then."""
-    if bearer is None:
+    if bearer_token(request.headers.get("authorization")) is None:
         raise Unauthorized("This endpoint takes a Bearer access token; an API key is not enough.")
     return user
 

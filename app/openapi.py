@@ -10,7 +10,8 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel
 
-from app.deps import bearer_user
+from app.deps import SECURITY_SCHEMES, bearer_user, current_user
+from app.routing import dependency_calls
 
 
 def _app_models() -> Iterator[type[BaseModel]]:
@@ -35,27 +36,35 @@ def _restore_null_examples(document: dict[str, Any]) -> None:
 
 
 def correct_openapi(app: FastAPI) -> None:
-    """Examples keep their nulls; routes that take a Bearer token only (an API key cannot mint
-    API keys) do not list the API-key scheme, which the protected router's `current_user`
-    adds to every route."""
-    bearer_only: list[tuple[str, str]] = []
+    """Examples keep their nulls, and the security schemes are declared: both on every route
+    that depends on `current_user`, which reads the headers itself (app/deps.py), and only the
+    Bearer scheme on routes that take a Bearer token only (an API key cannot mint API keys)."""
+    security: list[tuple[str, str, list[dict[str, list[str]]]]] = []
     for context in iter_route_contexts(app.routes):
         route, path = context.original_route, context.path_format
-        if (
-            isinstance(route, APIRoute)
-            and path is not None
-            and any(dep.call is bearer_user for dep in route.dependant.dependencies)
-        ):
-            bearer_only += [(path, m.lower()) for m in route.methods or ()]
+        if not isinstance(route, APIRoute) or path is None:
+            continue
+        calls = dependency_calls(route.dependant)
+        schemes: list[dict[str, list[str]]]
+        if bearer_user in calls:
+            schemes = [{"bearerAuth": []}]
+        elif current_user in calls:
+            schemes = [{"bearerAuth": []}, {"apiKeyAuth": []}]
+        else:
+            continue
+        security += [(path, m.lower(), schemes) for m in route.methods or ()]
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
         document = generate()
         _restore_null_examples(document)
-        for path, method in bearer_only:
+        document.setdefault("components", {})["securitySchemes"] = copy.deepcopy(SECURITY_SCHEMES)
+        for path, method, schemes in security:
             operation = document["paths"].get(path, {}).get(method)
             if operation is not None:
-                operation["security"] = [{"bearerAuth": []}]
+                operation["security"] = copy.deepcopy(schemes)
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]

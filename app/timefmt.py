@@ -7,4 +7,5 @@ def iso_ms(dt: datetime | None) -> str | None:
     """ISO-8601 UTC with milliseconds and Z, as Talkstack prints timestamps."""
     if dt is None:
         return None
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    # isoformat truncates to the millisecond, as Talkstack does; always ends in "+00:00".
+    return dt.astimezone(UTC).isoformat(timespec="milliseconds")[:-6] + "Z"

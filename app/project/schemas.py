@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
 
-from app.models import Project
 from app.schemas import Strict
 from app.timefmt import iso_ms
 
@@ -24,6 +25,30 @@ PROJECT_EXAMPLE: dict[str, Any] = {
 }
 
 
+class ProjectFields(Protocol):
+    """What ProjectOut is made from: a Project row, or the active project read with the
+    caller's credential (app/auth/credentials.ActiveProject)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def user_id(self) -> uuid.UUID: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def is_deleted(self) -> bool: ...
+    @property
+    def call_status_webhook(self) -> str | None: ...
+    @property
+    def active_agent_id(self) -> uuid.UUID | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
+
+
 class ProjectOut(BaseModel):
     id: str
     name: str
@@ -39,8 +64,9 @@ class ProjectOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": PROJECT_EXAMPLE})
 
     @classmethod
-    def of(cls, project: Project) -> ProjectOut:
-        return cls(
+    def of(cls, project: ProjectFields) -> ProjectOut:
+        # Made from a row this server wrote: its types are known, so nothing to validate.
+        return cls.model_construct(
             id=str(project.id),
             name=project.name,
             description=project.description,

@@ -14,7 +14,6 @@ from app.user.schemas import (
     SetActiveProjectIn,
     SetActiveProjectOut,
     UserOut,
-    active_project_out,
 )
 
 router = APIRouter(prefix="/user", tags=["user"])
@@ -50,5 +49,5 @@ async def get_active_project(caller: CurrentCaller) -> ActiveProjectOut:
     # No session: the credential lookup brought the active project along.
     project = service.get_active_project(caller)
     return ActiveProjectOut(
-        message="fetched active project data.", projectData=active_project_out(project)
+        message="fetched active project data.", projectData=ProjectOut.of(project)
     )

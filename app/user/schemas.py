@@ -6,7 +6,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from app.auth.credentials import ActiveProject
 from app.models import User
 from app.project.schemas import PROJECT_EXAMPLE, ProjectOut
 from app.schemas import Strict
@@ -89,22 +88,6 @@ class SetActiveProjectOut(BaseModel):
                 "projectData": PROJECT_EXAMPLE,
             }
         }
-    )
-
-
-def active_project_out(project: ActiveProject) -> ProjectOut:
-    """ProjectOut.of for the active project as read with the caller's credential."""
-    return ProjectOut(
-        id=str(project.id),
-        name=project.name,
-        description=project.description,
-        user_id=str(project.user_id),
-        status="ACTIVE",
-        is_deleted=project.is_deleted,
-        call_status_webhook=project.call_status_webhook,
-        active_agent=str(project.active_agent_id) if project.active_agent_id else None,
-        created_at=iso_ms(project.created_at) or "",
-        updated_at=iso_ms(project.updated_at) or "",
     )
 
 
