@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import APIRouter, BackgroundTasks
 from fastapi.responses import HTMLResponse
 
-from app.auth import service
+from app.auth import passwords, service
 from app.auth.schemas import (
     ChangePasswordIn,
     EmailIn,
@@ -126,7 +126,7 @@ async def change_password(
     body: ChangePasswordIn, user: CurrentUser, ctx: CtxDep, session: SessionDep
 ) -> MessageOut:
     """Change the password; every refresh token and access token of the user stops working."""
-    await service.change_password(
+    await passwords.change_password(
         ctx, session, user=user, old=body.oldPassword, new=body.newPassword
     )
     return MessageOut(message="successfully updated password.")
@@ -145,7 +145,7 @@ async def forgot_password(
 ) -> MessageOut:
     """Email a password-reset link; the answer is the same whether or not the email is known."""
     await ctx.limiter.check("forgot-password", client=ip, email=body.email)
-    mail = await service.forgot_password(ctx, session, email=body.email)
+    mail = await passwords.forgot_password(ctx, session, email=body.email)
     # Sent after the response, so a known email takes no longer to answer than an unknown one.
     if mail is not None:
         tasks.add_task(_deliver, ctx, mail)
@@ -178,5 +178,5 @@ async def reset_password(
 ) -> MessageOut:
     """Set a new password with the token from the reset email (single use, valid 1 hour)."""
     await ctx.limiter.check("reset-password", client=ip)
-    await service.reset_password(ctx, session, token=body.token, new=body.newPassword)
+    await passwords.reset_password(ctx, session, token=body.token, new=body.newPassword)
     return MessageOut(message="Password has been reset successfully.")
