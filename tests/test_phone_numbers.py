@@ -235,3 +235,104 @@ async def test_lookup_errors(client, alice):
             404,
             "PHONE_NUMBER_NOT_FOUND",
         )
+
+
+# --- releasing numbers: Twilio stops sending their calls here ---------------------------------
+
+
+def points_here(record: dict[str, Any]) -> bool:
+    return bool(record["voice_url"] == "https://talkstack.test/twilio/voice/inbound")
+
+
+def cleared(record: dict[str, Any]) -> bool:
+    return record["voice_url"] == "" and record["status_callback"] == ""
+
+
+async def test_deleting_an_agent_clears_its_numbers_voice_url(client, alice, twilio_standin, app):
+    sid = twilio_standin.add_incoming_number(NUMBER)
+    project, agent = await new_agent(client, alice)
+    assert (await add(client, alice, project, agent)).status_code == 200
+    assert points_here(twilio_standin.incoming_number(sid))
+    r = await client.request(
+        "DELETE", "/agent", json={"projectId": project, "agentId": agent}, headers=alice
+    )
+    assert r.status_code == 200, r.text
+    assert cleared(twilio_standin.incoming_number(sid))
+    assert await rows(app) == []
+
+
+async def test_giving_an_agent_another_number_clears_the_old_one(
+    client, alice, twilio_standin, app
+):
+    old = twilio_standin.add_incoming_number(NUMBER)
+    new = twilio_standin.add_incoming_number(OTHER)
+    project, agent = await new_agent(client, alice)
+    assert (await add(client, alice, project, agent)).status_code == 200
+    assert (await add(client, alice, project, agent, OTHER)).status_code == 200
+    assert cleared(twilio_standin.incoming_number(old))
+    assert points_here(twilio_standin.incoming_number(new))
+    assert [row.e164 for row in await rows(app)] == [OTHER]
+
+
+async def test_deleting_a_project_with_cascade_clears_every_number(
+    client, alice, twilio_standin, app
+):
+    sids = [twilio_standin.add_incoming_number(n) for n in (NUMBER, OTHER)]
+    project, first = await new_agent(client, alice)
+    _, second = await new_agent(client, alice, project, name="Jill")
+    assert (await add(client, alice, project, first)).status_code == 200
+    assert (await add(client, alice, project, second, OTHER)).status_code == 200
+    r = await client.request("DELETE", f"/project/{project}", json={"cascade": True}, headers=alice)
+    assert r.status_code == 200, r.text
+    assert all(cleared(twilio_standin.incoming_number(sid)) for sid in sids)
+    assert await rows(app) == []
+
+
+async def test_a_caller_id_number_is_released_without_asking_twilio(
+    client, alice, twilio_standin, app
+):
+    twilio_standin.add_caller_id(NUMBER)
+    project, agent = await new_agent(client, alice)
+    assert (await add(client, alice, project, agent)).status_code == 200
+    before = len(twilio_standin.requests)
+    r = await client.request(
+        "DELETE", "/agent", json={"projectId": project, "agentId": agent}, headers=alice
+    )
+    assert r.status_code == 200, r.text
+    assert twilio_standin.requests[before:] == []
+    assert await rows(app) == []
+
+
+async def test_twilio_refusing_the_release_changes_nothing(client, alice, twilio_standin, app):
+    sids = [twilio_standin.add_incoming_number(n) for n in (NUMBER, OTHER)]
+    project, first = await new_agent(client, alice)
+    _, second = await new_agent(client, alice, project, name="Jill")
+    assert (await add(client, alice, project, first)).status_code == 200
+    assert (await add(client, alice, project, second, OTHER)).status_code == 200
+    # The first number is cleared, the second refused: the first is pointed back here.
+    twilio_standin.hang_next(1, seconds=0)
+    twilio_standin.fail_next(1, status=500)
+    r = await client.request("DELETE", f"/project/{project}", json={"cascade": True}, headers=alice)
+    assert r.status_code == 502, r.text
+    assert r.json()["status"] == "error"
+    assert all(points_here(twilio_standin.incoming_number(sid)) for sid in sids)
+    assert sorted(row.e164 for row in await rows(app)) == sorted([NUMBER, OTHER])
+    r = await client.get(f"/project/{project}", headers=alice)
+    assert r.status_code == 200
+
+
+async def test_twilio_refusing_to_release_the_old_number_keeps_the_agents_number(
+    client, alice, twilio_standin, app
+):
+    old = twilio_standin.add_incoming_number(NUMBER)
+    new = twilio_standin.add_incoming_number(OTHER)
+    project, agent = await new_agent(client, alice)
+    assert (await add(client, alice, project, agent)).status_code == 200
+    # The lookup of the new number and its pointing pass; clearing the old one is refused.
+    twilio_standin.hang_next(2, seconds=0)
+    twilio_standin.fail_next(1, status=500)
+    r = await add(client, alice, project, agent, OTHER)
+    assert r.status_code == 502, r.text
+    assert points_here(twilio_standin.incoming_number(old))
+    assert cleared(twilio_standin.incoming_number(new))  # pointed, then let go again
+    assert [(row.e164, str(row.agent_id)) for row in await rows(app)] == [(NUMBER, agent)]

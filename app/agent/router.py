@@ -64,12 +64,14 @@ async def update_agent(
     return UpdatedAgentOut(**out.model_dump(), agentId=out.id)
 
 
-@router.delete("", response_model=MessageOut, responses=error_responses(401, 404))
-async def delete_agent(body: AgentRefIn, user: CurrentUser, session: SessionDep) -> MessageOut:
+@router.delete("", response_model=MessageOut, responses=error_responses(401, 404, 502))
+async def delete_agent(
+    body: AgentRefIn, user: CurrentUser, ctx: CtxDep, session: SessionDep
+) -> MessageOut:
     """Delete an agent: its number is released and it stops being the active agent."""
     project = await get_owned_project(session, user=user, project_id=body.projectId)
     agent = await get_owned_agent(session, project=project, agent_id=body.agentId)
-    await service.delete_agent(session, project=project, agent=agent)
+    await service.delete_agent(ctx, session, project=project, agent=agent)
     return MessageOut(message="Agent Deleted")
 
 

@@ -13,6 +13,7 @@ from app.db import utcnow
 from app.errors import BadRequest
 from app.models import Agent, PhoneNumber, Project, User
 from app.phone import to_e164
+from app.phone_number.release import clear_voice_urls
 from app.phone_number.service import assign_number, release_agent_number
 
 # API field -> model attribute, for the fields PUT /agent may change.
@@ -114,18 +115,21 @@ async def update_agent(
         await assign_number(ctx, session, user=user, project=project, agent=agent, raw=phone_number)
 
 
-async def delete_agent(session: AsyncSession, *, project: Project, agent: Agent) -> None:
+async def delete_agent(
+    ctx: AppContext, session: AsyncSession, *, project: Project, agent: Agent
+) -> None:
     now = utcnow()
     agent.is_deleted = True
     agent.deleted_at = now
     agent.updated_at = now
-    await release_agent_number(session, agent.id)
+    released = await release_agent_number(session, agent.id)
     await session.execute(
         update(Project)
         .where(Project.id == project.id, Project.active_agent_id == agent.id)
         .values(active_agent_id=None, updated_at=now)
     )
     await session.flush()
+    await clear_voice_urls(ctx, released)  # last: nothing above can fail after Twilio is told
 
 
 async def list_agents(session: AsyncSession, *, project: Project) -> list[tuple[Agent, str | None]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -13,12 +13,14 @@ from app.db import utcnow
 from app.errors import BadRequest, Conflict, NotFound
 from app.models import Agent, PhoneNumber, Project, User
 from app.phone import to_e164
+from app.phone_number.release import (
+    clear_voice_urls,
+    point_here,
+    release_numbers,
+    unpoint_quietly,
+)
 from app.project.service import get_owned_project, parse_id
 from app.telephony.errors import TelephonyNotConfigured
-
-# Where Twilio sends calls to an assigned number (served by the telephony routes).
-INBOUND_VOICE_PATH = "/twilio/voice/inbound"
-INBOUND_STATUS_PATH = "/twilio/voice/status"
 
 _TAKEN = "This number is already assigned to an agent outside this project."
 
@@ -35,15 +37,17 @@ async def assign_number(
         raise Conflict(_TAKEN, code="NUMBER_TAKEN")
     if existing is not None and existing.agent_id == agent.id:
         return existing
-    # The agent's previous number (if any) is released: an agent has one number.
-    await session.execute(
-        delete(PhoneNumber).where(PhoneNumber.agent_id == agent.id, PhoneNumber.e164 != e164)
+    # The agent's previous number (if any) is released: an agent has one number. Twilio is
+    # told last, once the new number is in place.
+    released = await release_numbers(
+        session, PhoneNumber.agent_id == agent.id, PhoneNumber.e164 != e164
     )
     if existing is not None:
         # Moving within the project: Twilio already routes the number here.
         existing.agent_id = agent.id
         existing.updated_at = utcnow()
         await session.flush()
+        await clear_voice_urls(ctx, released)
         return existing
     telephony = ctx.telephony
     if telephony is None:
@@ -76,10 +80,13 @@ async def assign_number(
     if owned.kind == "incoming":
         # Last, so a refusal above never leaves Twilio pointing at us for nothing; if this
         # fails, the whole request rolls back.
-        base = ctx.settings.public_base_url
-        await telephony.point_voice_url(
-            owned.sid, base + INBOUND_VOICE_PATH, status_callback=base + INBOUND_STATUS_PATH
-        )
+        await point_here(ctx, owned.sid)
+    try:
+        await clear_voice_urls(ctx, released)
+    except BaseException:
+        if owned.kind == "incoming":  # the request rolls back: the new number is not ours
+            await unpoint_quietly(ctx, owned.sid)
+        raise
     return number
 
 
@@ -89,8 +96,9 @@ async def number_of_agent(session: AsyncSession, agent_id: uuid.UUID) -> str | N
     ).scalar_one_or_none()
 
 
-async def release_agent_number(session: AsyncSession, agent_id: uuid.UUID) -> None:
-    await session.execute(delete(PhoneNumber).where(PhoneNumber.agent_id == agent_id))
+async def release_agent_number(session: AsyncSession, agent_id: uuid.UUID) -> list[str]:
+    """Delete the agent's number; return the sids to give `clear_voice_urls` last."""
+    return await release_numbers(session, PhoneNumber.agent_id == agent_id)
 
 
 async def lookup(

@@ -133,15 +133,18 @@ async def update_project(
     )
 
 
-@router.delete("/{project_id}", response_model=MessageOut, responses=error_responses(401, 404, 409))
+@router.delete(
+    "/{project_id}", response_model=MessageOut, responses=error_responses(401, 404, 409, 502)
+)
 async def delete_project(
     project: PathProject,
     user: CurrentUser,
+    ctx: CtxDep,
     session: SessionDep,
     body: Annotated[DeleteProjectIn | None, Body()] = None,
 ) -> MessageOut:
     """Soft-delete a project; with {"cascade": true} its agents and numbers go too."""
     await service.delete_project(
-        session, user=user, project=project, cascade=bool(body and body.cascade)
+        ctx, session, user=user, project=project, cascade=bool(body and body.cascade)
     )
     return MessageOut(message="successfully deleted project.")

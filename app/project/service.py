@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import uuid
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -13,6 +13,7 @@ from app.context import AppContext
 from app.db import utcnow
 from app.errors import BadRequest, Conflict, NotFound
 from app.models import Agent, PhoneNumber, Project, User
+from app.phone_number.release import clear_voice_urls, release_numbers
 from app.project.webhook_url import validate_webhook_url
 
 
@@ -130,7 +131,7 @@ async def update_project(
 
 
 async def delete_project(
-    session: AsyncSession, *, user: User, project: Project, cascade: bool
+    ctx: AppContext, session: AsyncSession, *, user: User, project: Project, cascade: bool
 ) -> None:
     agents = (
         await session.execute(
@@ -156,7 +157,7 @@ async def delete_project(
             phoneNumbers=numbers,
         )
     now = utcnow()
-    await session.execute(delete(PhoneNumber).where(PhoneNumber.project_id == project.id))
+    released = await release_numbers(session, PhoneNumber.project_id == project.id)
     await session.execute(
         update(Agent)
         .where(Agent.project_id == project.id, Agent.is_deleted.is_(False))
@@ -169,6 +170,7 @@ async def delete_project(
     if user.active_project_id == project.id:
         user.active_project_id = None
     await session.flush()
+    await clear_voice_urls(ctx, released)  # last: nothing above can fail after Twilio is told
 
 
 def _plural(n: int, word: str) -> str:

@@ -261,6 +261,13 @@ class TwilioAdapter:
                 status_callback_method="POST",
             )
 
+    async def clear_voice_url(self, number_sid: str) -> None:
+        """Stop sending the incoming number's calls and statuses anywhere (it was released)."""
+        with self._errors():
+            await self._client.incoming_phone_numbers(number_sid).update_async(
+                voice_url="", status_callback=""
+            )
+
     async def create_call(
         self,
         *,
