@@ -16,7 +16,13 @@ from openpyxl import Workbook
 from sqlalchemy import func, select
 
 from app.models import Batch, BatchRow, Call
-from tests.factories import api_key_for, assert_error, verified_account
+from tests.factories import (
+    CallingAgent,
+    api_key_for,
+    assert_error,
+    calling_agent,
+    verified_account,
+)
 from tests.standins.receiver import running_receiver
 
 FROM = "+14155550100"
@@ -42,34 +48,24 @@ def settings_overrides(request, twilio_standin) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def setup(client, mailbox, twilio_standin) -> dict[str, Any]:
-    acct = await verified_account(client, mailbox)
-    key = {"x-api-key": await api_key_for(client, acct)}
-    r = await client.post("/project/create-project", json={"name": "Leads"}, headers=key)
-    project = r.json()["data"]["id"]
-    twilio_standin.add_incoming_number(FROM)
-    r = await client.post(
-        "/agent/create-agent",
-        json={
-            "name": "Ann",
-            "projectId": project,
-            "systemInstruction": "Call {{name}} about {{topic}}.",
-            "firstMessage": "Hi {{name}}!",
-            "phoneNumber": FROM,
-        },
-        headers=key,
+async def setup(client, mailbox, twilio_standin) -> CallingAgent:
+    agent = {
+        "name": "Ann",
+        "systemInstruction": "Call {{name}} about {{topic}}.",
+        "firstMessage": "Hi {{name}}!",
+    }
+    return await calling_agent(
+        client, mailbox, twilio_standin, number=FROM, agent=agent, project_name="Leads"
     )
-    assert r.status_code == 200, r.text
-    return {"key": key, "project": project, "agent": r.json()["data"]["id"]}
 
 
 async def upload(client, setup, content: bytes, filename: str = "leads.csv", **fields: Any) -> Any:
-    data = {"projectId": setup["project"], "agentId": setup["agent"], **fields}
+    data = {"projectId": setup.project, "agentId": setup.agent, **fields}
     return await client.post(
         "/call/batch-call",
         data=data,
         files={"file": (filename, content, "text/csv")},
-        headers=setup["key"],
+        headers=setup.key,
     )
 
 
@@ -100,7 +96,7 @@ async def batch_rows(app, batch_id: str) -> list[BatchRow]:
 async def finished(client, setup, batch_id: str, within: float = 20.0) -> dict[str, Any]:
     deadline = time.monotonic() + within
     while True:
-        r = await client.get(f"/call/batch-call/{batch_id}", headers=setup["key"])
+        r = await client.get(f"/call/batch-call/{batch_id}", headers=setup.key)
         body = r.json()
         if body["batch"]["status"] != "running":
             return dict(body)
@@ -207,19 +203,17 @@ async def test_a_file_over_10_mb_is_413(client, setup):
 
 
 async def test_missing_fields_and_foreign_ids(client, setup, mailbox):
-    r = await client.post(
-        "/call/batch-call", data={"projectId": setup["project"]}, headers=setup["key"]
-    )
+    r = await client.post("/call/batch-call", data={"projectId": setup.project}, headers=setup.key)
     assert r.status_code == 400 and r.json()["code"] == "VALIDATION_ERROR"
     assert {e["field"] for e in r.json()["errors"]} == {"agentId", "file"}
-    r = await client.post("/call/batch-call", json={"projectId": "x"}, headers=setup["key"])
+    r = await client.post("/call/batch-call", json={"projectId": "x"}, headers=setup.key)
     assert r.status_code == 400 and r.json()["code"] == "VALIDATION_ERROR"
     other = await verified_account(client, mailbox)
     key = {"x-api-key": await api_key_for(client, other)}
     content = csv_of([["number", "name", "topic"], ["+14155551000", "A", "B"]])
     r = await client.post(
         "/call/batch-call",
-        data={"projectId": setup["project"], "agentId": setup["agent"]},
+        data={"projectId": setup.project, "agentId": setup.agent},
         files={"file": ("l.csv", content, "text/csv")},
         headers=key,
     )
@@ -229,8 +223,8 @@ async def test_missing_fields_and_foreign_ids(client, setup, mailbox):
 async def test_an_agent_without_a_number_is_400(client, setup):
     r = await client.post(
         "/agent/create-agent",
-        json={"name": "N", "systemInstruction": "x", "projectId": setup["project"]},
-        headers=setup["key"],
+        json={"name": "N", "systemInstruction": "x", "projectId": setup.project},
+        headers=setup.key,
     )
     content = csv_of([["number"], ["+14155551000"]])
     r = await upload(client, setup, content, agentId=r.json()["data"]["id"])
@@ -266,7 +260,7 @@ async def test_every_accepted_row_is_dialed_exactly_once(app, client, setup, twi
         first.system_instruction == "Call N0 about the offer." and first.first_message == "Hi N0!"
     )
     # The history shows them, with the batch id.
-    r = await client.post("/call", json={"sid": first.call_sid}, headers=setup["key"])
+    r = await client.post("/call", json={"sid": first.call_sid}, headers=setup.key)
     assert r.json()["batchId"] == batch_id
 
 
@@ -357,7 +351,7 @@ async def test_progress_pages_through_rows_and_cancel_stops_the_rest(
     token = None
     while True:
         params = {"pageSize": 3, **({"pageToken": token} if token else {})}
-        r = await client.get(f"/call/batch-call/{batch_id}", params=params, headers=setup["key"])
+        r = await client.get(f"/call/batch-call/{batch_id}", params=params, headers=setup.key)
         body = r.json()
         seen += [row["row"] for row in body["rows"]]
         token = body["nextPageToken"]
@@ -375,15 +369,15 @@ async def test_progress_pages_through_rows_and_cancel_stops_the_rest(
         )
         assert r.status_code == missing.status_code == 404 and r.json() == missing.json()
 
-    r = await client.post(f"/call/batch-call/{batch_id}/cancel", headers=setup["key"])
+    r = await client.post(f"/call/batch-call/{batch_id}/cancel", headers=setup.key)
     assert r.status_code == 200
     assert r.json()["batch"]["status"] == "canceled"
     assert r.json()["batch"]["counts"]["canceled"] == 7
-    r = await client.post(f"/call/batch-call/{batch_id}/cancel", headers=setup["key"])
+    r = await client.post(f"/call/batch-call/{batch_id}/cancel", headers=setup.key)
     assert r.status_code == 200  # canceling twice is harmless
     assert twilio_standin.created_calls == []
     r = await client.get(
-        f"/call/batch-call/{batch_id}", params={"pageToken": "x"}, headers=setup["key"]
+        f"/call/batch-call/{batch_id}", params={"pageToken": "x"}, headers=setup.key
     )
     assert_error(r, 400, "INVALID_PAGE_TOKEN")
 
@@ -394,7 +388,7 @@ async def test_a_completed_batch_cannot_be_canceled(client, setup, twilio_standi
     )
     batch_id = r.json()["batch"]["id"]
     await finished(client, setup, batch_id)
-    r = await client.post(f"/call/batch-call/{batch_id}/cancel", headers=setup["key"])
+    r = await client.post(f"/call/batch-call/{batch_id}/cancel", headers=setup.key)
     assert_error(r, 409, "BATCH_FINISHED")
 
 
@@ -412,19 +406,19 @@ async def test_a_row_twilio_refuses_tells_the_webhook_like_a_refused_single_call
     with running_receiver() as receiver:
         r = await client.post(
             "/project/call-status/add-webhookurl",
-            json={"projectId": setup["project"], "webhookURL": receiver.url},
-            headers=setup["key"],
+            json={"projectId": setup.project, "webhookURL": receiver.url},
+            headers=setup.key,
         )
         assert r.status_code == 200, r.text
         r = await client.post(
             "/call/makeCall",
             json={
                 "number": single,
-                "projectId": setup["project"],
-                "agentId": setup["agent"],
+                "projectId": setup.project,
+                "agentId": setup.agent,
                 "dynamicVariables": {"name": "A", "topic": "B"},
             },
-            headers=setup["key"],
+            headers=setup.key,
         )
         assert r.status_code == 400 and r.json()["code"] == "TWILIO_REJECTED"
         r = await upload(client, setup, csv_of([["number", "name", "topic"], [row, "A", "B"]]))

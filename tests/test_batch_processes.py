@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from app.models import Batch, BatchRow
 from tests.conftest import TEST_SECRET, free_port
-from tests.factories import api_key_for, verified_account
+from tests.factories import CallingAgent, calling_agent
 
 FROM = "+14155550100"
 BIN = Path(sys.executable).parent
@@ -103,20 +103,11 @@ def start_worker(procs: list[Proc], env: dict[str, str], tmp_path: Path, name: s
     return proc
 
 
-async def account(client, mailbox, twilio_standin) -> dict[str, Any]:
-    acct = await verified_account(client, mailbox)
-    key = {"x-api-key": await api_key_for(client, acct)}
-    r = await client.post("/project/create-project", json={"name": "Leads"}, headers=key)
-    project = r.json()["data"]["id"]
-    twilio_standin.add_incoming_number(FROM)
-    r = await client.post(
-        "/agent/create-agent",
-        json={"name": "Ann", "systemInstruction": "Call {{name}}.", "projectId": project,
-              "phoneNumber": FROM},
-        headers=key,
-    )  # fmt: skip
-    assert r.status_code == 200, r.text
-    return {"key": key, "project": project, "agent": r.json()["data"]["id"]}
+async def account(client, mailbox, twilio_standin) -> CallingAgent:
+    agent = {"name": "Ann", "systemInstruction": "Call {{name}}."}
+    return await calling_agent(
+        client, mailbox, twilio_standin, number=FROM, agent=agent, project_name="Leads"
+    )
 
 
 def csv_for(targets: list[str]) -> bytes:
@@ -167,9 +158,9 @@ async def test_a_server_killed_mid_batch_is_restarted_and_dials_each_row_once(
     targets = targets_for(30)
     r = await client.post(
         "/call/batch-call",
-        data={"projectId": setup["project"], "agentId": setup["agent"]},
+        data={"projectId": setup.project, "agentId": setup.agent},
         files={"file": ("leads.csv", csv_for(targets), "text/csv")},
-        headers=setup["key"],
+        headers=setup.key,
     )
     assert r.status_code == 200 and r.json()["batch"]["accepted"] == 30
     env = process_env(settings, tmp_path, BATCH_CALLS_PER_SECOND="10")
@@ -222,15 +213,15 @@ async def test_two_servers_and_two_workers_share_one_pace_on_postgres_and_redis(
         for base, targets in zip(servers, halves, strict=True):
             r = await http.post(
                 f"{base}/call/batch-call",
-                data={"projectId": setup["project"], "agentId": setup["agent"]},
+                data={"projectId": setup.project, "agentId": setup.agent},
                 files={"file": ("leads.csv", csv_for(targets), "text/csv")},
-                headers=setup["key"],
+                headers=setup.key,
             )
             assert r.status_code == 200, r.text
             batch_ids.append(r.json()["batch"]["id"])
         workers = [start_worker(procs, env, tmp_path, f"worker-{i}") for i in (1, 2)]
         await wait_batches_done(app, within=90)
-        r = await http.get(f"{servers[1]}/call/batch-call/{batch_ids[0]}", headers=setup["key"])
+        r = await http.get(f"{servers[1]}/call/batch-call/{batch_ids[0]}", headers=setup.key)
         assert r.json()["batch"]["counts"]["dialed"] == 250
 
     await assert_each_row_dialed_once(app, twilio_standin, halves[0] + halves[1])
