@@ -270,3 +270,20 @@ async def test_list_agents(client, key, project, twilio_standin):
 
 async def test_list_unknown_project_404(client, key):
     assert_error(await client.get(f"/agent/{uuid.uuid4()}", headers=key), 404, "PROJECT_NOT_FOUND")
+
+
+async def test_a_prompt_of_32000_characters_is_taken_and_one_more_is_400(client, key, project, app):
+    prompt = ("You are Jack, a receptionist. " * 1100)[:31_999] + "."
+    data = await create_agent(client, key, project, systemInstruction=prompt)
+    assert len(data["systemInstruction"]) == 32_000
+    body = {"name": "Jill", "systemInstruction": prompt + "!", "projectId": project}
+    r = await client.post("/agent/create-agent", json=body, headers=key)
+    assert_validation_error(r, "systemInstruction")
+    assert await agent_count(app) == 1
+
+
+async def test_a_name_over_the_limit_is_400_and_creates_nothing(client, key, project, app):
+    body = {"name": "J" * 201, "systemInstruction": "Hi", "projectId": project}
+    r = await client.post("/agent/create-agent", json=body, headers=key)
+    assert_validation_error(r, "name")
+    assert await agent_count(app) == 0

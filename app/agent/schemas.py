@@ -59,8 +59,9 @@ class AnalysisQuestion(BaseModel):
 
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+# Up to 32,000 characters: a long prompt with its knowledge base still fits the model's context.
 Instruction = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20000)
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32_000)
 ]
 FirstMessage = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)
