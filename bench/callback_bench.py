@@ -50,7 +50,7 @@ from bench.common import (
     serve,
     sync_url,
 )
-from bench.loadgen import Result
+from bench.loadgen import Result, read_response
 
 PG_DATABASE = "talkstack_bench_callbacks"
 PUBLIC = "https://talkstack.example.com"
@@ -145,14 +145,7 @@ async def _connection(
                 if start >= t_end:
                     return ok, errors, total, False
                 writer.write(request)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                        break
-                if length:
-                    await reader.readexactly(length)
+                head = await read_response(reader)
                 done = clock()
                 total += 1
                 if start >= t_measure:

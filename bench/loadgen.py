@@ -55,6 +55,20 @@ def _request_bytes(load: Load) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
+async def read_response(reader: asyncio.StreamReader) -> bytes:
+    """One HTTP/1.1 response off a keep-alive connection: its head, the body read and dropped
+    (the length from Content-Length)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+            break
+    if length:
+        await reader.readexactly(length)
+    return head
+
+
 async def _connection(
     load: Load, request: bytes, t_measure: float, t_end: float, out: array[float]
 ) -> tuple[int, int, int]:
@@ -67,14 +81,7 @@ async def _connection(
             if start >= t_end:
                 break
             writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-                    break
-            if length:
-                await reader.readexactly(length)
+            head = await read_response(reader)
             done = clock()
             total += 1
             if start >= t_measure:
