@@ -86,9 +86,10 @@ class Caller:
     def of(cls, row: Mapping[str, Any]) -> Caller:
         m = row
         project = None
-        if m["project_id"] is not None:
+        project_id = m["project_id"]
+        if project_id is not None:
             project = ActiveProject(
-                id=m["project_id"],
+                id=project_id,
                 user_id=m["project_user_id"],
                 name=m["project_name"],
                 description=m["project_description"],

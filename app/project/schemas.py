@@ -65,8 +65,9 @@ class ProjectOut(BaseModel):
 
     @classmethod
     def of(cls, project: ProjectFields) -> ProjectOut:
-        # Made from a row this server wrote: its types are known, so nothing to validate.
-        return cls.model_construct(
+        # Validated, not model_construct: pydantic-core validates these ten plain fields in
+        # about half the time model_construct's Python loop takes to skip validating them.
+        return cls(
             id=str(project.id),
             name=project.name,
             description=project.description,
