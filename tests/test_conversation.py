@@ -393,6 +393,42 @@ async def test_a_stream_that_breaks_mid_reply_also_apologises(
 # -- who may open the socket -------------------------------------------------------------------
 
 
+async def test_a_second_relay_session_continues_the_first_transcript(
+    app, client, live, setup, twilio_standin, llm
+):
+    # Twilio opens the relay socket again for the same call (its TwiML fetched again, the
+    # socket dropped and reconnected): what was said before stays, and the agent remembers it.
+    sid, _ = await dial(client, setup)
+    relay = await answer(twilio_standin, client, live, sid)
+    llm.reply_text("Nine to five.")
+    await relay.say("When are you open?")
+    assert await relay.reply() == "Nine to five."
+    await relay.ws.close()
+    await eventually(app, sid, lambda c: len(c.transcript) == 3)
+
+    again = await answer(twilio_standin, client, live, sid)
+    llm.reply_text("Closed on Saturday.")
+    await again.say("And on Saturday?")
+    assert await again.reply() == "Closed on Saturday."
+    assert [(m["role"], m["content"]) for m in llm.requests[-1].messages[1:]] == [
+        ("assistant", GREETING),
+        ("user", "When are you open?"),
+        ("assistant", "Nine to five."),
+        ("assistant", GREETING),  # Twilio greets again as the new session starts
+        ("user", "And on Saturday?"),
+    ]
+    await again.ws.close()
+    call = await eventually(app, sid, lambda c: len(c.transcript) == 6)
+    assert [(t["role"], t["text"]) for t in call.transcript] == [
+        ("agent", GREETING),
+        ("user", "When are you open?"),
+        ("agent", "Nine to five."),
+        ("agent", GREETING),
+        ("user", "And on Saturday?"),
+        ("agent", "Closed on Saturday."),
+    ]
+
+
 async def test_an_unsigned_or_misdirected_socket_is_refused_with_403(
     app, client, live, setup, twilio_standin, llm
 ):

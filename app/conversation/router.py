@@ -72,7 +72,10 @@ async def relay(websocket: WebSocket, call_id: uuid.UUID) -> None:
         return
     call, agent = loaded
     await websocket.accept()
-    saver = TranscriptSaver(ctx, call_id)
+    # A call may have had a relay session before this one (its TwiML fetched again, a socket
+    # reconnected): this session's turns follow that one's, which the agent remembers.
+    earlier = list(call.transcript or [])
+    saver = TranscriptSaver(ctx, call_id, earlier)
     settings = ctx.settings
     conversation = Conversation(
         Script(
@@ -89,6 +92,7 @@ async def relay(websocket: WebSocket, call_id: uuid.UUID) -> None:
             speech_chars_per_second=settings.conversation_speech_chars_per_second,
         ),
         on_turn=saver.later,
+        earlier=earlier,
     )
     try:
         await conversation.run(_messages(websocket, call.call_sid))
@@ -139,12 +143,16 @@ class TranscriptSaver:
     """Saves the transcript after each turn, off the conversation's critical path.
 
     Writes run one at a time in the background; a write older than one already made is
-    skipped. `finish` waits for them, then writes the final transcript and the outcome.
+    skipped. `finish` waits for them, then writes the final transcript and the outcome. What
+    is written is `earlier` (an earlier session's transcript) followed by this session's.
     """
 
-    def __init__(self, ctx: AppContext, call_id: uuid.UUID) -> None:
+    def __init__(
+        self, ctx: AppContext, call_id: uuid.UUID, earlier: list[dict[str, Any]] | None = None
+    ) -> None:
         self._ctx = ctx
         self._call_id = call_id
+        self._earlier = _snapshot(earlier or [])
         self._lock = asyncio.Lock()
         self._version = 0
         self._written = 0
@@ -152,7 +160,9 @@ class TranscriptSaver:
 
     async def later(self, transcript: list[dict[str, Any]]) -> None:
         self._version += 1
-        task = asyncio.create_task(self._write(self._version, _snapshot(transcript)))
+        task = asyncio.create_task(
+            self._write(self._version, self._earlier + _snapshot(transcript))
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -177,7 +187,8 @@ class TranscriptSaver:
             call = await session.get(Call, self._call_id, with_for_update=True)
             if call is None:
                 return
-            call.transcript = copy.deepcopy(conversation.transcript)
+            transcript = self._earlier + copy.deepcopy(conversation.transcript)
+            call.transcript = transcript
             reason = conversation.ended_reason
             if reason is not None:
                 call.ended_reason = reason
@@ -185,7 +196,7 @@ class TranscriptSaver:
                 if refined != call.status:
                     call.status = refined
                     await call_changed(session, call)
-            if has_conversation(conversation.transcript):
+            if has_conversation(transcript):
                 await enqueue(
                     session,
                     kind=ANALYZE_JOB,

@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -109,7 +109,10 @@ class Conversation:
         timing: Timing | None = None,
         on_turn: OnTurn | None = None,
         clock: Callable[[], float] = time.monotonic,
+        earlier: Sequence[dict[str, Any]] = (),
     ) -> None:
+        """`earlier`: the transcript of an earlier relay session of the same call, which the
+        agent remembers; `transcript` holds this session's turns only."""
         self.script = script
         self.llm = llm
         self._send = send
@@ -119,6 +122,7 @@ class Conversation:
         system = script.system_instruction.strip()
         guidance = VOICE_GUIDANCE.format(language=script.language)
         self.history: list[Message] = [{"role": "system", "content": f"{system}\n\n{guidance}"}]
+        self.history += [message for turn in earlier if (message := _message_of(turn))]
         self.transcript: list[dict[str, Any]] = []
         self.ended_reason: str | None = None
         self.setup: dict[str, Any] = {}
@@ -228,8 +232,7 @@ class Conversation:
         await self._stop_reply(heard=None)
         self._silent_since = None
         self._reprompts_done = 0
-        pressed = f"(The callee pressed {digit} on the keypad.)"
-        self.history.append({"role": "user", "content": pressed})
+        self.history.append({"role": "user", "content": _keypad(digit)})
         self._append({"role": "user", "text": "", "dtmf": digit})
         self._start_reply()
 
@@ -374,6 +377,23 @@ class Conversation:
                 await self._on_turn(self.transcript)
             except Exception:
                 log.exception("saving the transcript failed")
+
+
+def _keypad(digit: str) -> str:
+    return f"(The callee pressed {digit} on the keypad.)"
+
+
+def _message_of(turn: dict[str, Any]) -> Message | None:
+    """A transcript turn as the LLM saw it: what the agent said (as heard, when interrupted),
+    what the callee said or pressed. None for a turn that said nothing."""
+    if turn.get("role") == "agent" and turn.get("text"):
+        return {"role": "assistant", "content": str(turn["text"])}
+    if turn.get("role") == "user":
+        if turn.get("dtmf"):
+            return {"role": "user", "content": _keypad(str(turn["dtmf"]))}
+        if turn.get("text"):
+            return {"role": "user", "content": str(turn["text"])}
+    return None
 
 
 def _system(content: str) -> Message:
