@@ -10,6 +10,7 @@ import asyncio
 import json
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from typing import Any
 
 import pytest
@@ -164,6 +165,8 @@ async def test_twiml_hands_the_answered_call_to_conversation_relay(client, setup
         "agentId": setup.agent,
         "direction": "outbound",
     }
+    # Recorded since its creation (Record=true, see test_calls): no second recording.
+    assert ET.fromstring(r.text).find("Start") is None  # noqa: S314 (our TwiML)
 
 
 # -- a whole call ------------------------------------------------------------------------------
@@ -496,6 +499,14 @@ async def test_an_inbound_call_is_answered_by_the_numbers_agent(
     assert (call.from_number, call.to_number) == (CALLER, FROM)
     assert str(call.agent_id) == setup.agent and str(call.project_id) == setup.project
     assert twiml.parameters["direction"] == "inbound"
+    # Recorded from the moment the agent answers: Twilio posts the recording to our callback.
+    recording = ET.fromstring(r.text).find("Start/Recording")  # noqa: S314 (our TwiML)
+    assert recording is not None, r.text
+    assert recording.attrib == {
+        "recordingStatusCallback": f"https://talkstack.test/twilio/calls/{call.id}/recording",
+        "recordingStatusCallbackMethod": "POST",
+        "recordingStatusCallbackEvent": "completed",
+    }
     # No {{name}} on an inbound call: the placeholder is left empty, never read out.
     assert call.first_message == "Hi , this is Jack from the clinic."
 
@@ -521,9 +532,26 @@ async def test_an_inbound_call_is_answered_by_the_numbers_agent(
     assert r.status_code == 204
     call = await eventually(app, sid, lambda c: c.status == "completed" and c.data != {})
     assert call.seconds == 12 and call.ended_reason == "agent-ended"
+    recording_url = f"https://api.twilio.com/2010-04-01/Accounts/{twilio_standin.account_sid}"
+    recording_url += "/Recordings/RE0123456789abcdef0123456789abcdef"
+    finished = {
+        "AccountSid": twilio_standin.account_sid,
+        "CallSid": sid,
+        "RecordingSid": "RE0123456789abcdef0123456789abcdef",
+        "RecordingUrl": recording_url,
+        "RecordingStatus": "completed",
+        "RecordingDuration": "12",
+        "RecordingChannels": "1",
+        "RecordingSource": "StartCallRecordingTwiML",
+    }
+    r = await post_signed(
+        twilio_standin, client, recording.attrib["recordingStatusCallback"], finished
+    )
+    assert r.status_code == 204
     r = await client.post("/call", json={"sid": sid}, headers=setup.key)
     body = r.json()
     assert body["direction"] == "inbound" and body["phoneNumber"] == CALLER
+    assert body["recordingUrls"] == [recording_url + ".mp3"]
     assert body["transcript"][-1]["text"] == "Thanks for calling, goodbye."
     async with app.state.ctx.sessionmaker() as s:
         assert len((await s.execute(select(Call))).scalars().all()) == 1

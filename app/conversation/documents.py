@@ -32,5 +32,10 @@ def relay_twiml(ctx: AppContext, call: Call, agent: Agent | None) -> str:
             "agentId": str(agent.id),
             "direction": call.direction,
         },
+        # An outbound call is recorded from its creation (the REST API's Record); an inbound
+        # one only by its TwiML.
+        recording_callback=(
+            f"{base}/twilio/calls/{call.id}/recording" if call.direction == "inbound" else None
+        ),
     )
     return twiml.conversation_relay(spec)

@@ -18,12 +18,22 @@ class RelaySpec:
     language: str
     welcome_greeting: str | None = None
     parameters: Mapping[str, str] = field(default_factory=dict)
+    # Where Twilio posts the finished recording, when the TwiML itself starts one
+    # (`<Start><Recording>`): for calls not recorded from their creation (inbound calls).
+    recording_callback: str | None = None
 
 
 def conversation_relay(spec: RelaySpec) -> str:
     """`<Connect><ConversationRelay>`: Twilio transcribes the callee and speaks our text tokens
     with ElevenLabs; either side may interrupt; keypad presses are reported."""
     response = VoiceResponse()
+    if spec.recording_callback:
+        # Recording starts before the relay, so the whole conversation is in it.
+        response.start().recording(
+            recording_status_callback=spec.recording_callback,
+            recording_status_callback_method="POST",
+            recording_status_callback_event="completed",
+        )
     connect = Connect(action=spec.action_url, method="POST")
     attributes: dict[str, str] = {}
     if spec.welcome_greeting:
