@@ -9,13 +9,15 @@ import json
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from openpyxl import Workbook
 from sqlalchemy import func, select
 
-from app.models import Batch, BatchRow, Call
+from app.batch.dialer import BUSY, BatchDialer, MemoryPacer
+from app.models import Agent, Batch, BatchRow, Call, Job, Project
 from tests.factories import (
     CallingAgent,
     api_key_for,
@@ -255,6 +257,10 @@ async def test_every_accepted_row_is_dialed_exactly_once(app, client, setup, twi
     async with app.state.ctx.sessionmaker() as s:
         calls = list(await s.scalars(select(Call).where(Call.batch_id == uuid.UUID(batch_id))))
     assert {c.call_sid for c in calls} == sids
+    # Each dialed call is checked at Twilio once it must have ended (a lost final callback).
+    async with app.state.ctx.sessionmaker() as s:
+        checks = list(await s.scalars(select(Job).where(Job.kind == "call.check")))
+    assert sorted(j.payload["call_id"] for j in checks) == sorted(str(c.id) for c in calls)
     first = next(c for c in calls if c.to_number == targets[0])
     assert (
         first.system_instruction == "Call N0 about the offer." and first.first_message == "Hi N0!"
@@ -275,6 +281,41 @@ async def test_dialing_keeps_the_pace(client, setup, twilio_standin):
     assert elapsed >= 1.3
     creates = twilio_standin.requests_to("/Calls.json", "POST")
     assert len(creates) == 8
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{"batch_max_concurrent_calls": 1, "run_jobs_in_process": False}],
+    indirect=True,
+)
+async def test_a_long_call_still_counts_as_live(app, client, setup):
+    # An agent may talk for up to four hours: a call placed 3 hours ago, still in progress,
+    # holds its place under the cap (it was let go after two hours).
+    async with app.state.ctx.sessionmaker() as s:
+        agent = await s.get(Agent, uuid.UUID(setup.agent))
+        assert agent is not None
+        agent.max_call_duration_seconds = 4 * 3600
+        project = await s.get(Project, agent.project_id)
+        assert project is not None
+        s.add(
+            Call(
+                user_id=project.user_id,
+                project_id=agent.project_id,
+                agent_id=agent.id,
+                direction="outbound",
+                to_number="+14155550999",
+                from_number=FROM,
+                status="in-progress",
+                call_sid="CA" + "1" * 32,
+                created_at=datetime.now(UTC) - timedelta(hours=3),
+            )
+        )
+        await s.commit()
+    rows = [["number", "name", "topic"], [numbers(1)[0], "A", "B"]]
+    batch_id = (await upload(client, setup, csv_of(rows))).json()["batch"]["id"]
+    dialer = BatchDialer(app.state.ctx, MemoryPacer())
+
+    assert await dialer.claim(uuid.UUID(batch_id)) == BUSY
 
 
 @pytest.mark.parametrize("settings_overrides", [{"batch_max_concurrent_calls": 2}], indirect=True)
@@ -323,7 +364,7 @@ async def test_twilio_down_is_retried_without_dialing_twice(client, setup, twili
 
 @pytest.mark.parametrize("settings_overrides", [{"twilio_timeout_seconds": 0.3}], indirect=True)
 async def test_a_call_placed_despite_a_timeout_is_adopted_not_redialed(
-    client, setup, twilio_standin
+    app, client, setup, twilio_standin
 ):
     # Twilio takes longer than our timeout but does place the call: the dialer must find it.
     twilio_standin.hang_next(1, seconds=0.8)
@@ -335,6 +376,11 @@ async def test_a_call_placed_despite_a_timeout_is_adopted_not_redialed(
     assert dialed(twilio_standin) == Counter(targets)
     sids = [row["callSid"] for row in body["rows"]]
     assert set(sids) == set(twilio_standin.call_sids)
+    # The adopted call is checked at Twilio later too, like the one dialed normally.
+    async with app.state.ctx.sessionmaker() as s:
+        checks = list(await s.scalars(select(Job).where(Job.kind == "call.check")))
+        calls = list(await s.scalars(select(Call)))
+    assert sorted(j.payload["call_id"] for j in checks) == sorted(str(c.id) for c in calls)
 
 
 # -- reading and canceling ------------------------------------------------------------------

@@ -16,7 +16,9 @@ from sqlalchemy import event, func, select
 from twilio.request_validator import RequestValidator
 
 from app.call import callbacks
-from app.models import Call, Job, Project
+from app.call.jobs import check_call
+from app.jobs.worker import RetryLater
+from app.models import Agent, Call, Job, Project
 from tests.factories import (
     CallingAgent,
     api_key_for,
@@ -303,6 +305,73 @@ async def test_price_job_stores_positive_cost(client, setup, twilio_standin, app
     assert (await get_call(client, setup, sid))["cost"] == 0.013
     async with app.state.ctx.sessionmaker() as s:
         assert (await s.execute(select(func.count()).select_from(Call))).scalar() == 1
+
+
+# -- a final status callback that never came ------------------------------------------------
+
+
+async def _check_job(app) -> Job:
+    (job,) = await _jobs(app, "call.check")
+    return job
+
+
+async def test_a_lost_final_callback_is_read_from_twilios_record(
+    client, setup, twilio_standin, app
+):
+    await _hook(app, setup)
+    sid = await _placed(client, setup)
+    job = await _check_job(app)
+    async with app.state.ctx.sessionmaker() as s:
+        agent = await s.get(Agent, uuid.UUID(setup.agent))
+        assert agent is not None
+    # Due once the call must have ended: ringing (60 s), the agent's longest call, then five
+    # minutes' grace.
+    due = 60 + agent.max_call_duration_seconds + 300
+    assert (job.next_attempt_at - job.created_at).total_seconds() == pytest.approx(due, abs=2)
+    ringing = twilio_standin.callback(sid, "status", CallStatus="ringing")
+    await twilio_standin.deliver(client, ringing)
+    # Twilio finished the call, but its completed callback never reached this server.
+    twilio_standin.set_call(sid, status="completed", duration="42")
+
+    await check_call(app.state.ctx, job)
+
+    assert twilio_standin.requests_to(f"/Calls/{sid}.json", "GET")
+    call = await get_call(client, setup, sid)
+    assert (call["status"], call["seconds"]) == ("completed", 42)
+    # As the callback would have: the project's webhook hears it, the price is fetched.
+    statuses = [
+        json.loads(j.payload["body"])["call"]["status"]
+        for j in await _jobs(app, "webhook.call_event")
+    ]
+    assert statuses[-1] == "completed"
+    assert len(await _jobs(app, "call.price")) == 1
+
+
+async def test_the_check_asks_twilio_nothing_once_the_callback_came(
+    client, setup, twilio_standin, app
+):
+    sid = await _placed(client, setup)
+    done = twilio_standin.callback(sid, "status", CallStatus="completed", CallDuration="23")
+    await twilio_standin.deliver(client, done)
+    fetches = len(twilio_standin.requests_to(f"/Calls/{sid}.json", "GET"))
+
+    await check_call(app.state.ctx, await _check_job(app))
+
+    assert len(twilio_standin.requests_to(f"/Calls/{sid}.json", "GET")) == fetches
+    assert (await get_call(client, setup, sid))["seconds"] == 23
+
+
+async def test_a_call_twilio_still_has_live_is_checked_again_later(
+    client, setup, twilio_standin, app
+):
+    sid = await _placed(client, setup)
+    twilio_standin.set_call(sid, status="in-progress")
+
+    with pytest.raises(RetryLater) as later:
+        await check_call(app.state.ctx, await _check_job(app))
+
+    assert later.value.delay == 300
+    assert (await get_call(client, setup, sid))["status"] == "queued"
 
 
 # -- status callbacks written in batches ---------------------------------------------------------

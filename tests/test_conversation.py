@@ -555,6 +555,9 @@ async def test_an_inbound_call_is_answered_by_the_numbers_agent(
     assert body["transcript"][-1]["text"] == "Thanks for calling, goodbye."
     async with app.state.ctx.sessionmaker() as s:
         assert len((await s.execute(select(Call))).scalars().all()) == 1
+        # Checked at Twilio once it must have ended, in case its final callback is lost.
+        checks = (await s.execute(select(Job).where(Job.kind == "call.check"))).scalars().all()
+        assert [j.payload["call_id"] for j in checks] == [str(call.id)]
 
 
 async def ring_again(twilio_standin, client, sid: str) -> tuple[str, Any]:

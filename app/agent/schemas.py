@@ -68,8 +68,9 @@ FirstMessage = Annotated[
 ]
 VoiceId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
 Language = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=35)]
-# Twilio ends any call at 4 hours.
-Duration = Annotated[int, Field(ge=10, le=14400)]
+# The longest call an agent may take: Twilio ends any call at 4 hours.
+MAX_CALL_SECONDS = 14400
+Duration = Annotated[int, Field(ge=10, le=MAX_CALL_SECONDS)]
 Questions = Annotated[list[AnalysisQuestion], Field(max_length=MAX_QUESTIONS)]
 
 

@@ -30,7 +30,9 @@ from typing import Any, Protocol
 import coredis
 from sqlalchemy import exists, func, select
 
+from app.agent.schemas import MAX_CALL_SECONDS
 from app.batch.service import DIAL_JOB
+from app.call.jobs import CHECK_GRACE, RING_SECONDS, schedule_check
 from app.call.render import missing_variables, render
 from app.call.service import callback_url, hubspot_properties, record_refusal
 from app.call.status import FINAL
@@ -47,8 +49,10 @@ from app.telephony.errors import TwilioRejected
 log = logging.getLogger("talkstack.batch.dialer")
 
 LIVE_STATUSES = ("queued", "initiated", "ringing", "in-progress")
-# A call that never told us its end stops counting as live after this long.
-LIVE_WINDOW = timedelta(hours=2)
+# A call that never told us its end stops counting as live once no call can still be going:
+# ringing, the longest call an agent may take, and the grace after which its final-status
+# check (app/call/jobs.py) has asked Twilio.
+LIVE_WINDOW = timedelta(seconds=RING_SECONDS + MAX_CALL_SECONDS) + CHECK_GRACE
 # Twilio may create a call a little before or after our clock says we asked.
 CLOCK_SKEW = timedelta(seconds=60)
 
@@ -324,14 +328,16 @@ class BatchDialer:
         except (AppError, OSError) as exc:
             await self._unknown(claim, getattr(exc, "message", str(exc)))
             return
-        await self._dialed(claim.row_id, claim.call_id, placed.sid)
+        await self._dialed(claim, placed.sid)
 
-    async def _dialed(self, row_id: uuid.UUID, call_id: uuid.UUID, sid: str) -> None:
+    async def _dialed(self, claim: Claim, sid: str) -> None:
         async with self.ctx.sessionmaker() as session, session.begin():
-            call = await session.get(Call, call_id, with_for_update=True)
-            row = await session.get(BatchRow, row_id, with_for_update=True)
-            if call is not None and call.call_sid is None:
-                call.call_sid = sid
+            call = await session.get(Call, claim.call_id, with_for_update=True)
+            row = await session.get(BatchRow, claim.row_id, with_for_update=True)
+            if call is not None:
+                if call.call_sid is None:
+                    call.call_sid = sid
+                await schedule_check(session, call, max_seconds=claim.max_seconds)
             if row is not None:
                 row.state, row.call_sid, row.error, row.next_attempt_at = "dialed", sid, None, None
 
@@ -409,8 +415,15 @@ class BatchDialer:
             if adopt is not None:
                 log.info("batch row %s: Twilio had placed %s; adopted", row_id, adopt.sid)
                 row.state, row.call_sid, row.error = "dialed", adopt.sid, None
-                if call is not None and call.call_sid is None:
-                    call.call_sid = adopt.sid
+                if call is not None:
+                    if call.call_sid is None:
+                        call.call_sid = adopt.sid
+                    agent = await session.get(Agent, call.agent_id) if call.agent_id else None
+                    await schedule_check(
+                        session,
+                        call,
+                        max_seconds=agent.max_call_duration_seconds if agent else MAX_CALL_SECONDS,
+                    )
                 return
             if not may_requeue:
                 row.error = reason  # still `dialing`: a later slice decides

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
+from datetime import UTC, timedelta
+from email.utils import format_datetime
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.call import callbacks
+from app.call import status as states
 from app.context import AppContext
-from app.jobs.worker import RetryLater
+from app.db import utcnow
+from app.errors import AppError
+from app.jobs.queue import enqueue
+from app.jobs.worker import PermanentFailure, RetryLater
 from app.models import Call, Job
+
+log = logging.getLogger("talkstack.call.jobs")
+
+# Twilio's "The requested resource ... was not found".
+TWILIO_NOT_FOUND = 20404
 
 
 async def fetch_price(ctx: AppContext, job: Job) -> None:
@@ -31,3 +46,65 @@ async def fetch_price(ctx: AppContext, job: Job) -> None:
         if facts.duration_seconds is not None and not call.seconds:
             call.seconds = facts.duration_seconds
         await session.commit()
+
+
+# -- the final status, when Twilio's callback never came ------------------------------------------
+
+CHECK_JOB = "call.check"
+CHECK_ATTEMPTS = 12
+# How long Twilio rings before giving up (calls.create's Timeout, left at its default).
+RING_SECONDS = 60
+# How long after a call must have ended its final status callback has to have come.
+CHECK_GRACE = timedelta(minutes=5)
+
+
+async def schedule_check(session: AsyncSession, call: Call, *, max_seconds: int) -> None:
+    """Queue, in the caller's transaction, a look at Twilio's record of `call` once it must
+    have ended (ringing, then at most `max_seconds` of talk, then a grace period). A final
+    status callback that never arrived (lost, or sent while this server was down) is then
+    applied from that record, as the callback would have been: the call does not stay live
+    forever, and its webhook, price and analysis follow."""
+    await enqueue(
+        session,
+        kind=CHECK_JOB,
+        payload={"call_id": str(call.id)},
+        project_id=call.project_id,
+        run_at=utcnow() + timedelta(seconds=RING_SECONDS + max_seconds) + CHECK_GRACE,
+        max_attempts=CHECK_ATTEMPTS,
+    )
+
+
+async def check_call(ctx: AppContext, job: Job) -> None:
+    if ctx.telephony is None:
+        return
+    call_id = uuid.UUID(job.payload["call_id"])
+    async with ctx.sessionmaker() as session:
+        call = await session.get(Call, call_id)
+        if call is None or call.call_sid is None or call.status in states.FINAL:
+            return  # the callback came: nothing to ask Twilio
+        sid = call.call_sid
+    try:
+        facts = await ctx.telephony.fetch_call(sid)
+    except AppError as exc:
+        if exc.extra.get("twilioCode") == TWILIO_NOT_FOUND:
+            raise PermanentFailure(f"Twilio has no call {sid}") from exc
+        raise
+    if facts.status not in states.FINAL:
+        raise RetryLater(
+            delay=CHECK_GRACE.total_seconds(), reason=f"Twilio says the call is {facts.status}"
+        )
+    params = {
+        "CallSid": sid,
+        "CallStatus": facts.status,
+        "CallDuration": str(facts.duration_seconds or 0),
+    }
+    if facts.end_time is not None:
+        params["Timestamp"] = format_datetime(facts.end_time.astimezone(UTC), usegmt=True)
+    async with ctx.sessionmaker() as session, session.begin():
+        call = await session.get(Call, call_id, with_for_update=True)
+        if call is not None and await callbacks.apply_status(session, call, params):
+            log.warning(
+                "call %s: Twilio's final status callback never came; %s from its record",
+                sid,
+                facts.status,
+            )

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.call.events import call_changed
+from app.call.jobs import schedule_check
 from app.call.render import missing_variables, placeholders, render
 from app.context import AppContext
 from app.db import utcnow
@@ -164,6 +165,7 @@ async def place_call(
         row = await session.get(Call, call.id, with_for_update=True)
         assert row is not None
         row.call_sid = placed.sid
+        await schedule_check(session, row, max_seconds=prepared.agent.max_call_duration_seconds)
         await session.commit()
         return row
 

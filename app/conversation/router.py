@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.call import callbacks
 from app.call import status as states
 from app.call.events import call_changed
+from app.call.jobs import schedule_check
 from app.call.render import PLACEHOLDER
 from app.call.twilio_router import _SIGNED, Params
 from app.context import AppContext
@@ -267,6 +268,7 @@ async def inbound_call(params: Params, ctx: CtxDep, session: SessionDep) -> Resp
             assert call is not None
         else:
             await call_changed(session, call)
+            await schedule_check(session, call, max_seconds=agent.max_call_duration_seconds)
     log.info("inbound call %s to %s answered by agent %s", sid, number.e164, agent.id)
     return _xml(relay_twiml(ctx, call, agent))
 

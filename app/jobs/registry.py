@@ -10,7 +10,7 @@ from functools import partial
 from app.batch.dialer import BatchDialer, build_pacer
 from app.batch.service import DIAL_JOB
 from app.call import callbacks
-from app.call.jobs import fetch_price
+from app.call.jobs import CHECK_JOB, check_call, fetch_price
 from app.context import AppContext
 from app.conversation import analysis
 from app.db import make_engine, make_sessionmaker
@@ -36,6 +36,7 @@ async def job_handlers(ctx: AppContext) -> AsyncIterator[dict[str, Handler]]:
         yield {
             webhooks.KIND: deliver,
             callbacks.PRICE_JOB: partial(fetch_price, ctx),
+            CHECK_JOB: partial(check_call, ctx),
             analysis.ANALYZE_JOB: partial(analysis.run_analysis_job, ctx),
             hubspot_jobs.SYNC_JOB: partial(hubspot_jobs.run_sync_job, ctx),
             DIAL_JOB: BatchDialer(ctx, pacer),
