@@ -17,7 +17,7 @@ from twilio.request_validator import RequestValidator
 
 from app.call import callbacks
 from app.call.jobs import check_call
-from app.jobs.worker import RetryLater
+from app.jobs.worker import PermanentFailure, RetryLater
 from app.models import Agent, Call, Job, Project
 from tests.factories import (
     CallingAgent,
@@ -359,6 +359,20 @@ async def test_the_check_asks_twilio_nothing_once_the_callback_came(
 
     assert len(twilio_standin.requests_to(f"/Calls/{sid}.json", "GET")) == fetches
     assert (await get_call(client, setup, sid))["seconds"] == 23
+
+
+async def test_a_call_twilio_does_not_know_is_not_checked_again(client, setup, app):
+    sid = await _placed(client, setup)
+    async with app.state.ctx.sessionmaker() as s:
+        call = (await s.execute(select(Call).where(Call.call_sid == sid))).scalar_one()
+        call.call_sid = "CA" + "f" * 32  # a SID Twilio never gave
+        await s.commit()
+
+    with pytest.raises(PermanentFailure, match="Twilio has no call"):
+        await check_call(app.state.ctx, await _check_job(app))
+
+    async with app.state.ctx.sessionmaker() as s:
+        assert (await s.get(Call, call.id)).status == "queued"
 
 
 async def test_a_call_twilio_still_has_live_is_checked_again_later(
