@@ -406,8 +406,11 @@ async def test_a_second_relay_session_continues_the_first_transcript(
     llm.reply_text("Nine to five.")
     await relay.say("When are you open?")
     assert await relay.reply() == "Nine to five."
+    llm.reply_text("Booked.")
+    await relay.press("1")
+    assert await relay.reply() == "Booked."
     await relay.ws.close()
-    await eventually(app, sid, lambda c: len(c.transcript) == 3)
+    await eventually(app, sid, lambda c: len(c.transcript) == 5)
 
     again = await answer(twilio_standin, client, live, sid)
     llm.reply_text("Closed on Saturday.")
@@ -417,15 +420,19 @@ async def test_a_second_relay_session_continues_the_first_transcript(
         ("assistant", GREETING),
         ("user", "When are you open?"),
         ("assistant", "Nine to five."),
+        ("user", "(The callee pressed 1 on the keypad.)"),
+        ("assistant", "Booked."),
         ("assistant", GREETING),  # Twilio greets again as the new session starts
         ("user", "And on Saturday?"),
     ]
     await again.ws.close()
-    call = await eventually(app, sid, lambda c: len(c.transcript) == 6)
+    call = await eventually(app, sid, lambda c: len(c.transcript) == 8)
     assert [(t["role"], t["text"]) for t in call.transcript] == [
         ("agent", GREETING),
         ("user", "When are you open?"),
         ("agent", "Nine to five."),
+        ("user", ""),  # the key press (dtmf "1")
+        ("agent", "Booked."),
         ("agent", GREETING),
         ("user", "And on Saturday?"),
         ("agent", "Closed on Saturday."),

@@ -269,7 +269,15 @@ async def test_retry_later_and_permanent_failure(maker, caplog):
     assert "the number does not exist" in caplog.text
 
 
-async def test_commit_wakes_the_worker_at_once(maker):
+async def _enqueue_many_one(maker: Sessionmaker) -> None:
+    async with maker() as session:
+        row = queue.job_row(kind=KIND, payload={}, project_id=None, max_attempts=1)
+        await queue.enqueue_many(session, [row])
+        await session.commit()
+
+
+@pytest.mark.parametrize("add", [add_jobs, _enqueue_many_one], ids=["enqueue", "enqueue_many"])
+async def test_commit_wakes_the_worker_at_once(maker, add):
     ran = asyncio.Event()
 
     async def handler(job: Job) -> None:
@@ -280,27 +288,7 @@ async def test_commit_wakes_the_worker_at_once(maker):
     await w.start()
     try:
         await asyncio.sleep(0.1)
-        await add_jobs(maker)
-        await asyncio.wait_for(ran.wait(), 2.0)
-    finally:
-        await w.stop()
-
-
-async def test_a_commit_of_enqueue_many_wakes_the_worker_at_once(maker):
-    ran = asyncio.Event()
-
-    async def handler(job: Job) -> None:
-        ran.set()
-
-    # Polling every 30 s: only the commit's wake-up can start the job quickly.
-    w = worker(maker, {KIND: handler}, poll_interval=30.0)
-    await w.start()
-    try:
-        await asyncio.sleep(0.1)
-        async with maker() as session:
-            row = queue.job_row(kind=KIND, payload={}, project_id=None, max_attempts=1)
-            await queue.enqueue_many(session, [row])
-            await session.commit()
+        await add(maker)
         await asyncio.wait_for(ran.wait(), 2.0)
     finally:
         await w.stop()

@@ -274,14 +274,20 @@ async def test_giving_an_agent_another_number_clears_the_old_one(
     assert [row.e164 for row in await rows(app)] == [OTHER]
 
 
-async def test_deleting_a_project_with_cascade_clears_every_number(
-    client, alice, twilio_standin, app
-):
+async def two_agents_with_numbers(client, alice, twilio_standin) -> tuple[str, list[str]]:
+    """A project whose two agents have a Twilio number each: (project id, number SIDs)."""
     sids = [twilio_standin.add_incoming_number(n) for n in (NUMBER, OTHER)]
     project, first = await new_agent(client, alice)
     _, second = await new_agent(client, alice, project, name="Jill")
     assert (await add(client, alice, project, first)).status_code == 200
     assert (await add(client, alice, project, second, OTHER)).status_code == 200
+    return project, sids
+
+
+async def test_deleting_a_project_with_cascade_clears_every_number(
+    client, alice, twilio_standin, app
+):
+    project, sids = await two_agents_with_numbers(client, alice, twilio_standin)
     r = await client.request("DELETE", f"/project/{project}", json={"cascade": True}, headers=alice)
     assert r.status_code == 200, r.text
     assert all(cleared(twilio_standin.incoming_number(sid)) for sid in sids)
@@ -304,11 +310,7 @@ async def test_a_caller_id_number_is_released_without_asking_twilio(
 
 
 async def test_twilio_refusing_the_release_changes_nothing(client, alice, twilio_standin, app):
-    sids = [twilio_standin.add_incoming_number(n) for n in (NUMBER, OTHER)]
-    project, first = await new_agent(client, alice)
-    _, second = await new_agent(client, alice, project, name="Jill")
-    assert (await add(client, alice, project, first)).status_code == 200
-    assert (await add(client, alice, project, second, OTHER)).status_code == 200
+    project, sids = await two_agents_with_numbers(client, alice, twilio_standin)
     # The first number is cleared, the second refused: the first is pointed back here.
     twilio_standin.hang_next(1, seconds=0)
     twilio_standin.fail_next(1, status=500)

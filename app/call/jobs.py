@@ -24,14 +24,24 @@ log = logging.getLogger("talkstack.call.jobs")
 TWILIO_NOT_FOUND = 20404
 
 
+async def _twilio_sid(
+    ctx: AppContext, call_id: uuid.UUID, *, unless_final: bool = False
+) -> str | None:
+    """The call's Call SID, read in a short session of its own (Twilio is asked outside any
+    transaction); None when the call is gone, was never placed, or (`unless_final`) is final."""
+    async with ctx.sessionmaker() as session:
+        call = await session.get(Call, call_id)
+    if call is None or (unless_final and call.status in states.FINAL):
+        return None
+    return call.call_sid
+
+
 async def fetch_price(ctx: AppContext, job: Job) -> None:
     """Store Twilio's price of a finished call (positive); Twilio may take minutes to set it."""
     if ctx.telephony is None:
         return
     call_id = uuid.UUID(job.payload["call_id"])
-    async with ctx.sessionmaker() as session:
-        call = await session.get(Call, call_id)
-        sid = call.call_sid if call is not None else None
+    sid = await _twilio_sid(ctx, call_id)
     if sid is None:
         return
     facts = await ctx.telephony.fetch_call(sid)
@@ -78,11 +88,9 @@ async def check_call(ctx: AppContext, job: Job) -> None:
     if ctx.telephony is None:
         return
     call_id = uuid.UUID(job.payload["call_id"])
-    async with ctx.sessionmaker() as session:
-        call = await session.get(Call, call_id)
-        if call is None or call.call_sid is None or call.status in states.FINAL:
-            return  # the callback came: nothing to ask Twilio
-        sid = call.call_sid
+    sid = await _twilio_sid(ctx, call_id, unless_final=True)
+    if sid is None:
+        return  # gone, or the callback came: nothing to ask Twilio
     try:
         facts = await ctx.telephony.fetch_call(sid)
     except AppError as exc:
