@@ -16,7 +16,8 @@ import pytest
 from openpyxl import Workbook
 from sqlalchemy import func, select
 
-from app.batch.dialer import BUSY, BatchDialer, MemoryPacer
+from app.batch.dialer import AGAIN, BUSY, DONE, BatchDialer, Claim, MemoryPacer
+from app.call.service import callback_url
 from app.models import Agent, Batch, BatchRow, Call, Job, Project
 from tests.factories import (
     CallingAgent,
@@ -381,6 +382,80 @@ async def test_a_call_placed_despite_a_timeout_is_adopted_not_redialed(
         checks = list(await s.scalars(select(Job).where(Job.kind == "call.check")))
         calls = list(await s.scalars(select(Call)))
     assert sorted(j.payload["call_id"] for j in checks) == sorted(str(c.id) for c in calls)
+
+
+@pytest.mark.parametrize("settings_overrides", [{"run_jobs_in_process": False}], indirect=True)
+async def test_a_claim_whose_call_sid_came_by_callback_is_adopted_after_a_crash(
+    app, client, setup, twilio_standin
+):
+    # The server asked Twilio, Twilio's `initiated` callback stored the Call SID, and the server
+    # died before storing it itself. Twilio lists that call: it is this row's, not another's.
+    rows = [["number", "name", "topic"], [numbers(1)[0], "A", "B"]]
+    batch_id = uuid.UUID((await upload(client, setup, csv_of(rows))).json()["batch"]["id"])
+    ctx = app.state.ctx
+    dialer = BatchDialer(ctx, MemoryPacer())
+    claim = await dialer.claim(batch_id)
+    assert isinstance(claim, Claim)
+    placed = await ctx.telephony.create_call(
+        to=claim.to,
+        from_=claim.from_,
+        **{
+            name: callback_url(ctx, claim.call_id, kind)
+            for name, kind in (
+                ("twiml_url", "twiml"),
+                ("status_callback", "status"),
+                ("recording_status_callback", "recording"),
+                ("amd_callback", "amd"),
+            )
+        },
+        time_limit_seconds=claim.max_seconds,
+    )
+    cb = twilio_standin.callback(placed.sid, "status", CallStatus="initiated")
+    assert (await twilio_standin.deliver(client, cb)).status_code == 204
+    async with ctx.sessionmaker() as s, s.begin():
+        row = await s.get(BatchRow, claim.row_id)
+        assert row is not None and row.state == "dialing"
+        row.claimed_at -= dialer.stale_after  # the restarted server's view: a stale claim
+
+    await dialer.reconcile_stale(batch_id)
+    assert await dialer.claim(batch_id) == DONE
+
+    assert twilio_standin.call_sids == [placed.sid]  # dialed once
+    (row,) = await batch_rows(app, str(batch_id))
+    assert (row.state, row.call_sid, row.attempts) == ("dialed", placed.sid, 1)
+
+
+@pytest.mark.parametrize("settings_overrides", [{"run_jobs_in_process": False}], indirect=True)
+async def test_a_requeued_row_whose_first_call_shows_up_is_adopted_not_redialed(
+    app, client, setup, twilio_standin
+):
+    # Twilio listed no call for the claim, so the row was queued again; then the first
+    # attempt's callback arrives after all. The next claim adopts that call instead of dialing.
+    rows = [["number", "name", "topic"], [numbers(1)[0], "A", "B"]]
+    batch_id = uuid.UUID((await upload(client, setup, csv_of(rows))).json()["batch"]["id"])
+    ctx = app.state.ctx
+    dialer = BatchDialer(ctx, MemoryPacer())
+    claim = await dialer.claim(batch_id)
+    assert isinstance(claim, Claim)
+    async with ctx.sessionmaker() as s, s.begin():
+        row = await s.get(BatchRow, claim.row_id)
+        assert row is not None
+        row.claimed_at -= dialer.stale_after
+    await dialer.reconcile_stale(batch_id)
+    (row,) = await batch_rows(app, str(batch_id))
+    assert row.state == "queued"
+    sid = "CA" + "7" * 32
+    async with ctx.sessionmaker() as s, s.begin():
+        call = await s.get(Call, claim.call_id)
+        assert call is not None
+        call.call_sid = sid  # what the late callback stores
+        (await s.get(BatchRow, claim.row_id)).next_attempt_at = None
+
+    assert await dialer.claim(batch_id) == AGAIN
+    assert await dialer.claim(batch_id) == DONE
+    assert twilio_standin.created_calls == []
+    (row,) = await batch_rows(app, str(batch_id))
+    assert (row.state, row.call_sid) == ("dialed", sid)
 
 
 # -- reading and canceling ------------------------------------------------------------------

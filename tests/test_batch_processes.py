@@ -1,14 +1,17 @@
-"""Batches across real processes: a server killed mid-batch (kill -9) and restarted dials every row
-exactly once; two servers and two workers on PostgreSQL and Redis share one dialing pace."""
+"""Batches across real processes: a server killed (kill -9) at every point of the dial path, over
+and over, dials every row exactly once; two servers and two workers on PostgreSQL and Redis share
+one dialing pace."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,9 +22,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from app.models import Batch, BatchRow
+from app.models import Batch, BatchRow, Call
 from tests.conftest import TEST_SECRET, free_port
 from tests.factories import CallingAgent, calling_agent
+from tests.standins.twilio_live import LiveCalls
 
 FROM = "+14155550100"
 BIN = Path(sys.executable).parent
@@ -74,13 +78,15 @@ def process_env(settings: Any, tmp_path: Path, **extra: str) -> dict[str, str]:
         BATCH_SLICE_SECONDS="2",
         BATCH_MAX_CONCURRENT_CALLS="1000",
         LOG_LEVEL="INFO",
-        **extra,
     )
+    env.update(extra)
     return env
 
 
-def start_server(procs: list[Proc], env: dict[str, str], tmp_path: Path, name: str) -> str:
-    port = free_port()
+def start_server(
+    procs: list[Proc], env: dict[str, str], tmp_path: Path, name: str, port: int | None = None
+) -> str:
+    port = port or free_port()
     args = [
         str(BIN / "uvicorn"), "--factory", "app.main:create_app", "--host", "127.0.0.1",
         "--port", str(port), "--ws", "websockets-sansio", "--no-access-log",
@@ -150,43 +156,124 @@ def settings_overrides(twilio_standin) -> dict[str, Any]:
     return {**twilio_standin.settings_overrides(), "run_jobs_in_process": False}
 
 
+# The create-hook stage each kill point is at ("answered" is one; "claimed" is none).
+HOOK_STAGE = {"lost": "received", "received": "received", "initiated": "created"}
+
+
+class Killer:
+    """Kills the server of the moment with SIGKILL at one armed point of the dial path.
+
+    Points: "claimed" (a random moment once dialing runs: a row is always claimed and waiting
+    for its pace slot, so this also lands between the claim and the request), "lost" (the
+    create request never reaches Twilio), "received" (Twilio got the request and places the
+    call after the server died), "initiated" (Twilio's `initiated` callback reached the server,
+    the create answer did not), "answered" (right after Twilio answered, racing the SID commit).
+    Installed as the Twilio stand-in's create hook, in front of its live callbacks."""
+
+    def __init__(self, live: LiveCalls) -> None:
+        self.live = live
+        self.proc: Proc | None = None
+        self.point = ""
+        self.nth = 0
+        self.creates = 0
+        self.killed = threading.Event()
+        self.hits: list[str] = []
+
+    def arm(self, proc: Proc, point: str, nth: int) -> None:
+        self.proc, self.point, self.nth, self.creates = proc, point, nth, 0
+        self.killed.clear()
+
+    def kill(self) -> None:
+        if self.proc is not None and not self.killed.is_set():
+            self.proc.kill()
+            self.hits.append(self.point)
+            self.killed.set()
+
+    async def on_create(self, stage: str, sid: str | None) -> bool | None:
+        if stage == "received":
+            self.creates += 1
+        mine = not self.killed.is_set() and self.creates == self.nth
+        if stage == "created":
+            await self.live.on_create(stage, sid)  # `initiated` is delivered first
+        if mine and HOOK_STAGE.get(self.point, self.point) == stage:
+            self.kill()
+            if self.point == "lost":
+                return False
+        return None
+
+
+async def wait_for(condition: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+KILL_POINTS = ("claimed", "lost", "received", "initiated", "answered")
+
+
 @pytest.mark.slow
-async def test_a_server_killed_mid_batch_is_restarted_and_dials_each_row_once(
+async def test_a_server_killed_at_every_point_of_the_dial_path_dials_each_row_exactly_once(
     app, client, mailbox, twilio_standin, settings, procs, tmp_path
 ):
     setup = await account(client, mailbox, twilio_standin)
-    targets = targets_for(30)
+    targets = targets_for(90)
     r = await client.post(
         "/call/batch-call",
         data={"projectId": setup.project, "agentId": setup.agent},
         files={"file": ("leads.csv", csv_for(targets), "text/csv")},
         headers=setup.key,
     )
-    assert r.status_code == 200 and r.json()["batch"]["accepted"] == 30
-    env = process_env(settings, tmp_path, BATCH_CALLS_PER_SECOND="10")
-    start_server(procs, env, tmp_path, "server-1")
+    assert r.status_code == 200 and r.json()["batch"]["accepted"] == len(targets)
+    # One port for every restart: Twilio keeps calling the URLs the first server gave it.
+    port = free_port()
+    env = process_env(
+        settings,
+        tmp_path,
+        BATCH_CALLS_PER_SECOND="10",
+        JOB_LEASE_SECONDS="1",
+        PUBLIC_BASE_URL=f"http://127.0.0.1:{port}",
+    )
+    live = LiveCalls(twilio_standin)
+    killer = Killer(live)
+    twilio_standin.create_hook = killer.on_create
+    seed = int(os.environ.get("CRASH_SEED", time.time()))
+    rng = random.Random(seed)
+    kills = 20
+    try:
+        for i in range(kills):
+            point = KILL_POINTS[i % len(KILL_POINTS)]
+            await asyncio.to_thread(start_server, procs, env, tmp_path, f"server-{i}", port)
+            killer.arm(procs[-1], point, nth=rng.randint(1, 3))
+            if point == "claimed":
+                await wait_for(lambda: killer.creates >= 1, 30, procs[-1].output())
+                await asyncio.sleep(rng.uniform(0, 0.25))
+                killer.kill()
+            await wait_for(killer.killed.is_set, 30, f"seed {seed}: " + procs[-1].output())
+        assert sorted(killer.hits) == sorted(KILL_POINTS * (kills // len(KILL_POINTS)))
+        await asyncio.to_thread(start_server, procs, env, tmp_path, "server-last", port)
+        await wait_batches_done(app, within=90)
+        await asyncio.sleep(live.talk_seconds + 3 * live.step_seconds + 0.5)  # last callbacks
+    finally:
+        live.stop()
 
-    # Let it dial a third, then make Twilio slow to answer the next create (it still places the
-    # call, after the server is gone), and kill the server while that dial is in flight.
-    deadline = time.monotonic() + 30
-    while len(twilio_standin.call_sids) < 10:
-        assert time.monotonic() < deadline, procs[0].output()
-        await asyncio.sleep(0.02)
-    asked = len(twilio_standin.requests_to("/Calls.json", "POST"))
-    twilio_standin.hang_next(1, seconds=1.5)
-    while len(twilio_standin.requests_to("/Calls.json", "POST")) <= asked:
-        assert time.monotonic() < deadline, procs[0].output()
-        await asyncio.sleep(0.005)
-    procs[0].kill()
-    async with app.state.ctx.sessionmaker() as s:
-        states = Counter((await s.scalars(select(BatchRow.state))).all())
-    assert states["dialing"] >= 1 and states["queued"] > 0, states
-
-    start_server(procs, env, tmp_path, "server-2")
-    await wait_batches_done(app, within=60)
-
+    logs = "\n".join(p.output() for p in procs)
+    assert placed(twilio_standin) == Counter(targets), f"seed {seed}: a row dialed twice or never"
     await assert_each_row_dialed_once(app, twilio_standin, targets)
-    assert "adopted" in procs[1].output()  # the in-flight dial was found at Twilio, not redone
+    async with app.state.ctx.sessionmaker() as s:
+        rows = list(await s.scalars(select(BatchRow)))
+        calls = {c.id: c for c in await s.scalars(select(Call))}
+    # Each row's call is the one Twilio placed for it, and every callback Twilio delivered
+    # landed on that call.
+    assert all(calls[r.call_id].call_sid == r.call_sid for r in rows if r.call_id)
+    assert "unknown call" not in logs, f"seed {seed}"
+    delivered = {d.sid for d in live.deliveries if d.answer is not None}
+    assert all(d.answer == 204 for d in live.deliveries if d.answer is not None)
+    assert delivered <= {c.call_sid for c in calls.values()}
+    completed = {d.sid for d in live.deliveries if d.status == "completed" and d.answer == 204}
+    assert completed and all(
+        c.status == "completed" for c in calls.values() if c.call_sid in completed
+    )
 
 
 @pytest.mark.slow

@@ -14,7 +14,13 @@ For each row:
    (with backoff, at most BATCH_DIAL_MAX_ATTEMPTS times).
 
 After a crash (kill -9) rows can be left `dialing` with no SID: the next slice (after the dead
-worker's job lease expires) reconciles them the same way. A row is never dialed blindly twice.
+worker's job lease expires) reconciles them the same way, once a claim is older than a slow
+Twilio could take to place its call. A Call SID that Twilio's status callback stored on the
+row's call (it often arrives before Twilio's answer does) is that claim's call and is adopted
+as it is; otherwise the first call Twilio lists to the number from the agent's number since the
+claim (less a minute: clocks differ, Twilio's dates are whole seconds) that no other call row
+holds. A row is never dialed blindly twice: a row queued again adopts, instead of dialing, a
+call whose callback came after all.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any, Protocol
 
 import coredis
 from sqlalchemy import exists, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.agent.schemas import MAX_CALL_SECONDS
 from app.batch.service import DIAL_JOB
@@ -130,6 +137,7 @@ class Resolve:
     row_id: uuid.UUID
 
 
+AGAIN = "again"  # the row needed no dial (adopted): claim the next one at once
 BUSY = "busy"  # nothing to dial right now (the cap is reached, or rows wait for a retry)
 DONE = "done"  # the batch has nothing left to dial
 
@@ -162,6 +170,8 @@ class BatchDialer:
                     break
                 if claim == BUSY:
                     await asyncio.sleep(min(0.5, max(self.interval, 0.05)))
+                    continue
+                if claim == AGAIN:
                     continue
                 if isinstance(claim, Resolve):
                     await self.resolve(claim.row_id)
@@ -243,6 +253,12 @@ class BatchDialer:
                 row.error = "The agent has no phone number to call from any more."
                 return BUSY
             call = await session.get(Call, row.call_id) if row.call_id else None
+            if call is not None and call.call_sid is not None:
+                # Queued again, yet Twilio's callback for the earlier attempt has come since:
+                # that attempt was placed after all. Adopt it; never dial the row twice.
+                log.info("batch row %s: Twilio had placed %s; adopted", row.id, call.call_sid)
+                await self._adopt(session, row, call, call.call_sid)
+                return AGAIN
             if call is None:
                 call = Call(
                     user_id=batch.user_id,
@@ -337,6 +353,10 @@ class BatchDialer:
             if call is not None:
                 if call.call_sid is None:
                     call.call_sid = sid
+                elif call.call_sid != sid:
+                    log.error(
+                        "batch row %s dialed twice: %s, then %s", claim.row_id, call.call_sid, sid
+                    )
                 await schedule_check(session, call, max_seconds=claim.max_seconds)
             if row is not None:
                 row.state, row.call_sid, row.error, row.next_attempt_at = "dialed", sid, None, None
@@ -401,29 +421,23 @@ class BatchDialer:
             row = await session.get(BatchRow, row_id, with_for_update=True)
             if row is None or row.state != "dialing":
                 return
-            known = set(
-                (
-                    await session.scalars(
-                        select(Call.call_sid).where(Call.call_sid.in_([c.sid for c in found]))
-                    )
-                ).all()
-            )
-            adopt = next((c for c in sorted(found, key=_created) if c.sid not in known), None)
             call = (
                 await session.get(Call, row.call_id, with_for_update=True) if row.call_id else None
             )
-            if adopt is not None:
-                log.info("batch row %s: Twilio had placed %s; adopted", row_id, adopt.sid)
-                row.state, row.call_sid, row.error = "dialed", adopt.sid, None
+            # A status callback for this claim may already have stored its Call SID on the
+            # call: that SID is the call Twilio placed for this row. Any other call Twilio
+            # lists is this row's unless another call row holds it.
+            adopt_sid = call.call_sid if call is not None else None
+            if adopt_sid is None and found:
+                others = select(Call.call_sid).where(Call.call_sid.in_([c.sid for c in found]))
                 if call is not None:
-                    if call.call_sid is None:
-                        call.call_sid = adopt.sid
-                    agent = await session.get(Agent, call.agent_id) if call.agent_id else None
-                    await schedule_check(
-                        session,
-                        call,
-                        max_seconds=agent.max_call_duration_seconds if agent else MAX_CALL_SECONDS,
-                    )
+                    others = others.where(Call.id != call.id)
+                known = set((await session.scalars(others)).all())
+                adopt = next((c for c in sorted(found, key=_created) if c.sid not in known), None)
+                adopt_sid = adopt.sid if adopt is not None else None
+            if adopt_sid is not None:
+                log.info("batch row %s: Twilio had placed %s; adopted", row_id, adopt_sid)
+                await self._adopt(session, row, call, adopt_sid)
                 return
             if not may_requeue:
                 row.error = reason  # still `dialing`: a later slice decides
@@ -441,6 +455,22 @@ class BatchDialer:
             # Not placed: dial again after a backoff (the same call row is reused).
             row.state, row.error = "queued", reason
             row.next_attempt_at = utcnow() + timedelta(seconds=min(300, 5 * 2**row.attempts))
+
+    async def _adopt(
+        self, session: AsyncSession, row: BatchRow, call: Call | None, sid: str
+    ) -> None:
+        """Row `row` was dialed as Twilio's call `sid`: record it as its call's SID."""
+        row.state, row.call_sid, row.error, row.next_attempt_at = "dialed", sid, None, None
+        if call is None:
+            return
+        if call.call_sid is None:
+            call.call_sid = sid
+        agent = await session.get(Agent, call.agent_id) if call.agent_id else None
+        await schedule_check(
+            session,
+            call,
+            max_seconds=agent.max_call_duration_seconds if agent else MAX_CALL_SECONDS,
+        )
 
     async def finish_if_done(self, batch_id: uuid.UUID) -> bool:
         async with self.ctx.sessionmaker() as session, session.begin():

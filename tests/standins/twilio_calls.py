@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -51,6 +53,13 @@ CALL_STATUSES = (
     "canceled",
 )
 FINAL = ("completed", "busy", "failed", "no-answer", "canceled")
+
+# A test's hook into creating a call, awaited with (stage, Call SID or None) at:
+#   "received"  a valid create request arrived; no call exists yet. Answering False drops the
+#               request (Twilio never placed the call; the app gets a 503).
+#   "created"   the call exists; the answer is not sent yet.
+#   "answered"  the 201 answer has gone out.
+CreateHook = Callable[[str, str | None], Awaitable[bool | None]]
 
 
 def _rank(status: str) -> int:
@@ -120,6 +129,7 @@ class CallsResource:
     def _reset_calls(self) -> None:
         self._calls: dict[str, CallState] = {}
         self._undialable: dict[str, tuple[int, str]] = {}
+        self.create_hook: CreateHook | None = None
 
     def call_routes(self) -> list[tuple[str, str, Handler]]:
         return [
@@ -169,10 +179,18 @@ class CallsResource:
             refused = self._undialable.get(to)
         if refused is not None:
             return wire.twilio_error(400, *refused)
+        hook = self.create_hook
+        if hook is not None and await hook("received", None) is False:
+            return wire.twilio_error(503, 20503, "Service Unavailable")
         record = self._call_record(to, from_, phone_number_sid=number_sid)
         with self._lock:
             self._calls[record["sid"]] = CallState(record, given)
-        return JSONResponse(record, status_code=201)
+        if hook is None:
+            return JSONResponse(record, status_code=201)
+        await hook("created", record["sid"])
+        return JSONResponse(
+            record, status_code=201, background=BackgroundTask(hook, "answered", record["sid"])
+        )
 
     async def _list_calls(self, request: Request, _: dict[str, str]) -> JSONResponse:
         with self._lock:
