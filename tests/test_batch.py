@@ -190,6 +190,61 @@ async def test_unreadable_files_are_400_and_store_nothing(app, client, setup, co
         assert await s.scalar(select(func.count()).select_from(BatchRow)) == 0
 
 
+VALID_CSV = b"number,name,topic\n+14155551000,Ann,x\n"
+
+
+@pytest.mark.parametrize(
+    ("filename", "content", "content_type", "code"),
+    [
+        ("calls.txt", VALID_CSV, "text/plain", "UNSUPPORTED_FILE_TYPE"),
+        ("calls", VALID_CSV, "text/csv", "UNSUPPORTED_FILE_TYPE"),
+        ("calls.csv.exe", VALID_CSV, "application/octet-stream", "UNSUPPORTED_FILE_TYPE"),
+        ("leads.xls", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 64,
+         "application/vnd.ms-excel", "UNSUPPORTED_FILE_TYPE"),
+        ("leads.xlsx", VALID_CSV, "text/csv", "INVALID_BATCH_FILE"),
+        ("leads.xlsx", b"", "application/octet-stream", "EMPTY_BATCH_FILE"),
+        ("leads.csv", xlsx_of([["number"], ["+14155551000"]]), "text/csv", "INVALID_BATCH_FILE"),
+        ("leads.csv", VALID_CSV.decode().encode("utf-16"), "text/csv", "INVALID_BATCH_FILE"),
+    ],
+)  # fmt: skip
+async def test_only_csv_and_xlsx_files_are_taken(
+    app, client, setup, filename, content, content_type, code
+):
+    r = await client.post(
+        "/call/batch-call",
+        data={"projectId": setup.project, "agentId": setup.agent},
+        files={"file": (filename, content, content_type)},
+        headers=setup.key,
+    )
+    body = assert_error(r, 400, code)
+    if code == "UNSUPPORTED_FILE_TYPE":
+        assert ".csv or .xlsx" in body["message"]
+    async with app.state.ctx.sessionmaker() as s:
+        assert await s.scalar(select(func.count()).select_from(Batch)) == 0
+        assert await s.scalar(select(func.count()).select_from(BatchRow)) == 0
+
+
+@pytest.mark.parametrize(
+    ("filename", "content_type"),
+    [
+        ("LEADS.CSV", "application/vnd.ms-excel"),  # what Windows browsers send for .csv
+        ("C:\\fakepath\\leads.csv", "application/octet-stream"),
+    ],
+)
+@pytest.mark.parametrize("settings_overrides", [{"run_jobs_in_process": False}], indirect=True)
+async def test_a_csv_is_taken_whatever_content_type_the_client_sends(
+    client, setup, filename, content_type
+):
+    r = await client.post(
+        "/call/batch-call",
+        data={"projectId": setup.project, "agentId": setup.agent},
+        files={"file": (filename, VALID_CSV, content_type)},
+        headers=setup.key,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["batch"]["accepted"] == 1
+
+
 async def test_more_than_100000_rows_is_400_and_stores_nothing(app, client, setup):
     lines = ["number,name,topic"] + [f"+1415{i:07d},N,T" for i in range(100_001)]
     r = await upload(client, setup, ("\n".join(lines) + "\n").encode())

@@ -1,5 +1,9 @@
 """Reading a batch file: CSV (UTF-8, with or without BOM, comma or semicolon) or XLSX.
 
+Only those two, decided by the file's name and confirmed by its content (a client's
+Content-Type is no help: browsers on Windows send .csv as application/vnd.ms-excel, curl as
+application/octet-stream).
+
 Rows are streamed from the uploaded file (spooled by the multipart parser), never held whole in
 memory: `read_rows` yields one dict of cell texts per data row, with its line in the file.
 """
@@ -11,6 +15,7 @@ import csv
 import io
 import zipfile
 from collections.abc import Iterator
+from pathlib import PurePath
 from typing import IO, Any
 
 from openpyxl import load_workbook
@@ -22,6 +27,8 @@ MAX_ROWS = 100_000
 # A cell longer than this is not a phone number or a variable anyone means.
 MAX_CELL = 2000
 _XLSX_MAGIC = b"PK\x03\x04"
+# Enough of a CSV file's start to tell text from a binary file (no text has a NUL byte).
+_SNIFF_BYTES = 8192
 
 
 class FileRejected(BadRequest):
@@ -60,15 +67,35 @@ def _header(cells: list[str]) -> list[str]:
     return out
 
 
-def is_xlsx(head: bytes, filename: str) -> bool:
-    return head.startswith(_XLSX_MAGIC) or filename.lower().endswith(".xlsx")
+def file_kind(head: bytes, filename: str) -> str:
+    """ "csv" or "xlsx": what the file's name says it is, once its first bytes agree."""
+    suffix = PurePath(filename.replace("\\", "/")).suffix.lower()
+    if suffix not in (".csv", ".xlsx"):
+        shown = PurePath(filename.replace("\\", "/")).name[:100] or "(no name)"
+        raise FileRejected(
+            f"Upload a .csv or .xlsx file; {shown!r} is neither (save a spreadsheet as .xlsx "
+            "or as 'CSV UTF-8').",
+            code="UNSUPPORTED_FILE_TYPE",
+        )
+    if not head:
+        raise FileRejected("The file is empty.", code="EMPTY_BATCH_FILE")
+    zipped = head.startswith(_XLSX_MAGIC)
+    if suffix == ".xlsx" and not zipped:
+        raise FileRejected("The file is named .xlsx but is not an Excel workbook.")
+    if suffix == ".csv" and (zipped or b"\x00" in head):
+        raise FileRejected(
+            "The file is named .csv but is not CSV text (an Excel workbook or a UTF-16 "
+            "export?); save it as 'CSV UTF-8' or upload it as .xlsx."
+        )
+    return suffix[1:]
 
 
 def read_rows(file: IO[bytes], filename: str) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line, {column: text}) for each non-empty data row; header problems are a 400."""
-    head = file.read(8)
+    """(line, {column: text}) for each non-empty data row; a file of another kind or with a
+    bad header is a 400."""
+    head = file.read(_SNIFF_BYTES)
     file.seek(0)
-    if is_xlsx(head, filename):
+    if file_kind(head, filename) == "xlsx":
         yield from _xlsx_rows(file)
     else:
         yield from _csv_rows(file)

@@ -43,9 +43,11 @@ _MULTIPART: dict[str, Any] = {
                         "file": {
                             "type": "string",
                             "format": "binary",
-                            "description": ".csv (UTF-8, comma or semicolon) or .xlsx, at most "
-                            "10 MB and 100,000 rows; a `number` column, optional "
-                            "`dynamicVariables` (a JSON object) and any other column as a variable",
+                            "description": ".csv (UTF-8, comma or semicolon) or .xlsx (by the "
+                            "file's name, checked against its content; anything else is 400 "
+                            "UNSUPPORTED_FILE_TYPE), at most 10 MB and 100,000 rows; a "
+                            "`number` column, optional `dynamicVariables` (a JSON object) and "
+                            "any other column as a variable",
                         },
                     },
                 }
