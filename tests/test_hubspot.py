@@ -391,6 +391,78 @@ async def test_a_revoked_token_breaks_the_connection_and_stops_the_syncs(
 # -- makeCall with hubspotContactId -----------------------------------------------------------
 
 
+async def record(client, twilio_standin, sid: str) -> str:
+    """Twilio's recording callback for the call; the URL the app stores (and HubSpot gets)."""
+    cb = twilio_standin.callback(sid, "recording")
+    r = await twilio_standin.deliver(client, cb)
+    assert r.status_code == 204, r.text
+    return cb.params["RecordingUrl"] + ".mp3"
+
+
+@pytest.mark.parametrize("recording_first", [True, False], ids=["recording-first", "status-first"])
+async def test_the_engagement_carries_the_recording_whichever_callback_comes_first(
+    app, client, setup, hubspot, twilio_standin, recording_first
+):
+    assert (await connect(client, setup)).status_code == 200
+    sid = await dial(client, setup)
+    if recording_first:
+        url = await record(client, twilio_standin, sid)
+    await hang_up(client, twilio_standin, sid, "completed", CallDuration="12")
+    [job] = await sync_jobs(app)
+    assert await run(app, job) is None
+    if not recording_first:
+        # Twilio's usual order: the recording comes seconds after the final status, when the
+        # call is logged already. The engagement is updated with it.
+        [logged] = hubspot.calls()
+        assert "hs_call_recording_url" not in logged["properties"]
+        url = await record(client, twilio_standin, sid)
+        [_, again] = await sync_jobs(app)
+        assert await run(app, again) is None
+        assert len(hubspot.requests_to(f"/crm/v3/objects/calls/{logged['id']}", "PATCH")) == 1
+
+    [logged] = hubspot.calls()  # one engagement either way
+    assert url.startswith("https://api.twilio.com/")
+    assert logged["properties"]["hs_call_recording_url"] == url
+    assert logged["properties"]["hs_call_duration"] == "12000"
+
+
+async def test_a_recording_before_the_sync_ran_is_in_its_one_engagement(
+    app, client, setup, hubspot, twilio_standin
+):
+    assert (await connect(client, setup)).status_code == 200
+    sid = await dial(client, setup)
+    await hang_up(client, twilio_standin, sid, "completed", CallDuration="3")
+    url = await record(client, twilio_standin, sid)  # the sync is queued, not run yet
+    [job] = await sync_jobs(app)  # it reads the call when it runs: no second sync
+    assert await run(app, job) is None
+    [logged] = hubspot.calls()
+    assert logged["properties"]["hs_call_recording_url"] == url
+    assert hubspot.requests_to("/crm/v3/objects/calls/", "PATCH") == []
+
+
+async def test_a_second_sync_waits_while_the_first_may_be_logging_the_call(
+    app, client, setup, hubspot, twilio_standin
+):
+    assert (await connect(client, setup)).status_code == 200
+    sid = await dial(client, setup)
+    await hang_up(client, twilio_standin, sid, "completed", CallDuration="3")
+    [job] = await sync_jobs(app)
+    # Another worker's sync read the call a moment ago and has not stored an engagement id yet.
+    async with app.state.ctx.sessionmaker() as s, s.begin():
+        call = (await s.execute(select(Call).where(Call.call_sid == sid))).scalar_one()
+        call.hubspot_read_at = datetime.now(UTC) - timedelta(seconds=1)
+
+    outcome = await run(app, job)
+    assert isinstance(outcome, RetryLater) and outcome.delay is not None and outcome.delay > 5
+    assert hubspot.calls() == []
+    # That worker died mid-sync: once it cannot be creating any more, this one logs the call.
+    async with app.state.ctx.sessionmaker() as s, s.begin():
+        call = (await s.execute(select(Call).where(Call.call_sid == sid))).scalar_one()
+        call.hubspot_read_at = datetime.now(UTC) - timedelta(minutes=5)
+    assert await run(app, job) is None
+    assert len(hubspot.calls()) == 1
+
+
 async def test_make_call_to_a_hubspot_contact(app, client, setup, hubspot, twilio_standin):
     r = await client.put(
         "/agent",

@@ -354,7 +354,8 @@ async def apply_amd(session: AsyncSession, call: Call, params: Mapping[str, str]
     return False
 
 
-def apply_recording(call: Call, params: Mapping[str, str]) -> None:
+async def apply_recording(session: AsyncSession, call: Call, params: Mapping[str, str]) -> None:
+    """Store a finished recording's URL (`call` is locked by the caller)."""
     if params.get("RecordingStatus", "completed") != "completed":
         return
     url = params.get("RecordingUrl")
@@ -363,5 +364,10 @@ def apply_recording(call: Call, params: Mapping[str, str]) -> None:
     # Twilio sends the recording's URL without an extension; .mp3 is what people can play.
     if not url.rsplit("/", 1)[-1].count("."):
         url += ".mp3"
-    if url not in call.recording_urls:
-        call.recording_urls = [*call.recording_urls, url]
+    if url in call.recording_urls:
+        return
+    call.recording_urls = [*call.recording_urls, url]
+    # Twilio usually sends the recording after the final status: if HubSpot's sync has read
+    # the call already, the engagement it logged lacks the recording; sync again (an update).
+    if call.hubspot_read_at is not None and call.status in states.FINAL:
+        await hubspot_jobs.call_finished(session, call)

@@ -120,7 +120,7 @@ async def call_recording(call_id: uuid.UUID, params: Params, session: SessionDep
     """Twilio's recording-status callback."""
     call = await _load(session, call_id, params)
     if call is not None:
-        callbacks.apply_recording(call, params)
+        await callbacks.apply_recording(session, call, params)
     return Response(status_code=204)
 
 

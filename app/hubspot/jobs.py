@@ -1,8 +1,11 @@
 """The HubSpot sync job: every finished call of a connected project lands in its HubSpot.
 
-Queued once per call, in the transaction that makes the call final: after the post-call
-analysis for a call with a conversation (its summary goes into HubSpot), at the final status
-for one without (no-answer, busy, ...). HubSpot's answers decide what happens next: 429 waits
+Queued in the transaction that makes the call final: after the post-call analysis for a call
+with a conversation (its summary goes into HubSpot), at the final status for one without
+(no-answer, busy, ...); and again when the recording arrives after a sync has read the call
+(Twilio's usual order), which then updates the engagement. Two syncs of one call never both
+create: while one may still be creating the engagement, another waits for its id. HubSpot's
+answers decide what happens next: 429 waits
 Retry-After, 5xx and timeouts retry with the worker's backoff, 401 marks the connection broken
 and stops every sync of the project until it connects again.
 """
@@ -11,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import AppContext
+from app.db import utcnow
 from app.hubspot import client as hs
 from app.hubspot import service
 from app.hubspot.sync import CallFacts, sync_call
@@ -27,6 +32,12 @@ log = logging.getLogger("talkstack.hubspot")
 
 SYNC_JOB = "hubspot.sync_call"
 MAX_ATTEMPTS = 8
+
+
+def _creating_window(ctx: AppContext) -> timedelta:
+    """How long one sync may take to create a call's engagement: its HubSpot requests (find or
+    create the contact, then log the call), each within the timeout, and room to store the id."""
+    return timedelta(seconds=4 * ctx.settings.hubspot_timeout_seconds + 10)
 
 
 async def call_finished(session: AsyncSession, call: Call) -> None:
@@ -49,10 +60,11 @@ async def call_finished(session: AsyncSession, call: Call) -> None:
 
 
 async def run_sync_job(ctx: AppContext, job: Job) -> None:
-    """Log one call in the project's HubSpot (or update what an earlier attempt logged)."""
+    """Log one call in the project's HubSpot (or update what an earlier sync logged)."""
     call_id = uuid.UUID(job.payload["call_id"])
     async with ctx.sessionmaker() as session, session.begin():
-        call = await session.get(Call, call_id)
+        # Locked: a recording callback decides by `hubspot_read_at` whether to sync again.
+        call = await session.get(Call, call_id, with_for_update=True)
         connection = await service.get_connection(session, call.project_id) if call else None
         if call is None or connection is None or connection.status != service.CONNECTED:
             return  # gone, disconnected, or broken: nothing to do until it connects again
@@ -60,6 +72,18 @@ async def run_sync_job(ctx: AppContext, job: Job) -> None:
         if token is None:
             service.mark_broken(connection, service.UNREADABLE_MESSAGE)
             return
+        now = utcnow()
+        creating_until = (
+            call.hubspot_read_at + _creating_window(ctx) if call.hubspot_read_at else now
+        )
+        if call.hubspot_call_id is None and creating_until > now:
+            # Another sync of this call (on another worker) may be creating its engagement:
+            # wait for its id, then update, rather than log the call twice.
+            raise RetryLater(
+                (creating_until - now).total_seconds() + 1.0,
+                "another sync of this call is logging it in HubSpot",
+            )
+        call.hubspot_read_at = now
         facts = CallFacts.of(call)
         used = connection.encrypted_token
     try:
@@ -83,6 +107,13 @@ async def _record(
 ) -> None:
     """The outcome, on the connection whose token was used (not on one made since)."""
     async with ctx.sessionmaker() as session, session.begin():
+        if error is not None:
+            # Nothing is being created any more: the next sync need not wait for this one.
+            await session.execute(
+                update(Call)
+                .where(Call.id == facts.id, Call.hubspot_call_id.is_(None))
+                .values(hubspot_read_at=None)
+            )
         connection = await service.get_connection(session, facts.project_id, lock=True)
         if connection is None or connection.encrypted_token != used:
             return

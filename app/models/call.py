@@ -62,3 +62,6 @@ class Call(TimestampMixin, Base):
     # the call engagement logged for this call, so a retried sync updates instead of duplicating.
     hubspot_contact_id: Mapped[str | None] = mapped_column(String(32))
     hubspot_call_id: Mapped[str | None] = mapped_column(String(32))
+    # When a HubSpot sync last read this call: a recording that comes later needs another sync,
+    # and a second sync waits while the first may still be creating the engagement.
+    hubspot_read_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
