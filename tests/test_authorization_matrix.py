@@ -10,9 +10,19 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from app.models import Agent, Call, CallAnalysis, Job, PhoneNumber, Project, User
+from app.jobs import webhooks
+from app.models import (
+    Agent,
+    Call,
+    CallAnalysis,
+    Job,
+    PhoneNumber,
+    Project,
+    User,
+    WebhookDelivery,
+)
 from tests.factories import api_key_for, verified_account
 
 NUMBER = "+14155550100"
@@ -27,14 +37,14 @@ async def snapshot(app) -> list[dict[str, Any]]:
     """Every row of every table these endpoints can touch, as plain values."""
     out = []
     async with app.state.ctx.sessionmaker() as s:
-        for model in (User, Project, Agent, PhoneNumber, Call, CallAnalysis, Job):
+        for model in (User, Project, Agent, PhoneNumber, Call, CallAnalysis, Job, WebhookDelivery):
             for row in (await s.execute(select(model))).scalars():
                 out.append({c.key: getattr(row, c.key) for c in model.__table__.columns})
     return sorted(out, key=lambda r: str(r["id"]))
 
 
 def attempts(
-    pid: str, aid: str, nid: str, own_pid: str, own_aid: str, sid: str
+    pid: str, aid: str, nid: str, own_pid: str, own_aid: str, sid: str, did: str
 ) -> list[tuple[str, str, Any]]:
     hook = "https://93.184.216.34/hook"
     callee = "+14155550123"
@@ -50,6 +60,10 @@ def attempts(
         ("DELETE", f"/project/{pid}", {"cascade": True}),
         ("POST", "/project/call-status/add-webhookurl", {"projectId": pid, "webhookURL": hook}),
         ("POST", "/project/active-agent", {"projectId": pid}),
+        ("GET", f"/project/{pid}/webhook-deliveries", None),
+        ("POST", f"/project/{pid}/webhook-deliveries/{did}/redeliver", None),
+        ("POST", f"/project/{own_pid}/webhook-deliveries/{did}/redeliver", None),
+        ("POST", f"/project/{pid}/webhook-secret/rotate", None),
         ("PATCH", "/project/active-agent", {"projectId": pid, "active_agent": aid}),
         ("PATCH", "/project/active-agent", {"projectId": own_pid, "active_agent": aid}),
         ("PATCH", f"/project/active-agent/{aid}", None),
@@ -102,6 +116,17 @@ async def test_another_users_ids_are_404_and_change_nothing(client, mailbox, app
     await client.patch(
         "/project/active-agent", json={"projectId": pid, "active_agent": aid}, headers=a_key
     )
+    # A webhook and one delivered event (stored without a job: nothing is sent meanwhile).
+    async with app.state.ctx.sessionmaker() as s:
+        await s.execute(
+            update(Project)
+            .where(Project.id == uuid.UUID(pid))
+            .values(call_status_webhook="https://93.184.216.34/hook", webhook_secret="whsec_a")
+        )
+        _, delivery = webhooks.call_event_rows(uuid.UUID(pid), "call.status", {"callSid": sid})
+        await webhooks.insert_deliveries(s, [{**delivery, "job_id": None, "status": "delivered"}])
+        await s.commit()
+    did = str(delivery["id"])
 
     bob = await verified_account(client, mailbox)
     b_key = {"x-api-key": await api_key_for(client, bob)}
@@ -117,8 +142,8 @@ async def test_another_users_ids_are_404_and_change_nothing(client, mailbox, app
     before = await snapshot(app)
     twilio_calls = len(twilio_standin.requests)
     missing = str(uuid.uuid4())
-    theirs = attempts(pid, aid, nid, own_pid, own_aid, sid)
-    nothing = attempts(missing, missing, missing, own_pid, own_aid, "CA" + "0" * 32)
+    theirs = attempts(pid, aid, nid, own_pid, own_aid, sid, did)
+    nothing = attempts(missing, missing, missing, own_pid, own_aid, "CA" + "0" * 32, missing)
     for (method, path, body), (_, missing_path, missing_body) in zip(theirs, nothing, strict=True):
         r = await client.request(method, path, json=body, headers=b_key)
         assert r.status_code == 404, (method, path, body, r.text)

@@ -48,12 +48,13 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 def readme_verify(secret: str, header: str, body: bytes, tolerance: int = 300) -> bool:
     # The README's standalone verifier, verbatim: receivers copy this.
-    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
-    t, sig = parts.get("t", ""), parts.get("v1", "")
+    pairs = [p.split("=", 1) for p in header.split(",") if "=" in p]
+    t = next((value for key, value in pairs if key == "t"), "")
     if not t.isdigit() or abs(time.time() - int(t)) > tolerance:
         return False
     expected = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, sig)
+    # Two v1 values for 24 hours after a secret rotation: either may match.
+    return any(hmac.compare_digest(expected, value) for key, value in pairs if key == "v1")
 
 
 async def hooked_project(client, mailbox, url: str) -> tuple[str, str]:

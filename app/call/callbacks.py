@@ -285,22 +285,19 @@ class StatusIngest:
                 rows.append({"call_id": call_id, **values, "updated_at": now})
         for rows in by_columns.values():
             await session.execute(_UPDATE_CALL, rows)
+        deliveries: list[dict[str, Any]] = []
         if events:
             # The project is read only when an event is due, once per batch.
             project_ids = list(dict.fromkeys(project_id for project_id, _ in events))
             hooked = set((await session.scalars(_WITH_WEBHOOK, {"project_ids": project_ids})).all())
             for project_id, snapshot in events:
                 if project_id in hooked:
-                    payload = webhooks.call_event_payload(
-                        "call.status", CallOut.of(snapshot).public()
-                    )
-                    job = job_row(
-                        kind=webhooks.KIND,
-                        payload=payload,
-                        project_id=project_id,
-                        max_attempts=webhooks.MAX_ATTEMPTS,
+                    job, delivery = webhooks.call_event_rows(
+                        project_id, "call.status", CallOut.of(snapshot).public()
                     )
                     jobs.append(job)
+                    deliveries.append(delivery)
+        await webhooks.insert_deliveries(session, deliveries)
         await enqueue_many(session, jobs)
 
 

@@ -103,6 +103,23 @@ async def enqueue_many(session: AsyncSession, rows: Sequence[dict[str, Any]]) ->
     session.info[_ENQUEUED] = True
 
 
+async def requeue_now(session: AsyncSession, job_id: uuid.UUID) -> bool:
+    """Make a queued job due now with all its tries ahead of it again, in the caller's
+    transaction; False (nothing changed) if it is not queued (a worker holds it, or it is
+    finished)."""
+    now = utcnow()
+    result = await session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == QUEUED)
+        .values(attempts=0, next_attempt_at=now, last_error=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if _rowcount(result) != 1:
+        return False
+    session.info[_ENQUEUED] = True
+    return True
+
+
 async def claim(
     sessionmaker: Sessionmaker,
     *,

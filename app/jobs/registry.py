@@ -29,7 +29,7 @@ ORDERED_KINDS = frozenset({webhooks.KIND, hubspot_jobs.SYNC_JOB})
 async def job_handlers(ctx: AppContext) -> AsyncIterator[dict[str, Handler]]:
     """The handler of each kind, with whatever it holds open (HTTP clients) for its lifetime."""
     async with AsyncExitStack() as stack:
-        deliver = webhooks.WebhookDelivery(ctx.sessionmaker, ctx.settings)
+        deliver = webhooks.WebhookSender(ctx.sessionmaker, ctx.settings)
         stack.push_async_callback(deliver.aclose)
         pacer = build_pacer(ctx.settings)
         stack.push_async_callback(pacer.aclose)

@@ -12,6 +12,7 @@ from app.models.phone_number import PhoneNumber
 from app.models.project import Project
 from app.models.refresh_token import RefreshToken
 from app.models.user import User
+from app.models.webhook_delivery import WebhookDelivery
 
 __all__ = [
     "Agent",
@@ -27,4 +28,5 @@ __all__ = [
     "Project",
     "RefreshToken",
     "User",
+    "WebhookDelivery",
 ]

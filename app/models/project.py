@@ -37,6 +37,11 @@ class Project(TimestampMixin, Base):
     # Signs webhook deliveries (CONTRACT.md §8). It must be usable to sign, so it cannot be a
     # hash; it is shown to the user once, when first created.
     webhook_secret: Mapped[str | None] = mapped_column(String(100))
+    # The secret a rotation replaced, kept (the same way, for the same reason) so it signs
+    # alongside the new one until `webhook_secret_previous_expires_at`: receivers switch over
+    # without missing a delivery.
+    webhook_secret_previous: Mapped[str | None] = mapped_column(String(100))
+    webhook_secret_previous_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     active_agent_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid, ForeignKey("agents.id", use_alter=True, ondelete="SET NULL")
     )

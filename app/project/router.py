@@ -2,29 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import uuid
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Query
 
 from app.deps import CtxDep, CurrentUser, SessionDep
+from app.jobs.webhooks import MAX_ATTEMPTS
 from app.models import Project
-from app.project import service
+from app.project import deliveries, service
 from app.project.schemas import (
     ActiveAgentOut,
     AddWebhookIn,
     CreateProjectIn,
     DeleteProjectIn,
+    DeliveryDataOut,
+    DeliveryListOut,
+    DeliveryOut,
+    DeliveryStatus,
     ProjectDataOut,
     ProjectIdIn,
     ProjectListOut,
     ProjectOut,
     ProjectUpdateOut,
+    RotatedSecretOut,
     SetActiveAgentIn,
     SetActiveAgentOut,
     UpdateProjectIn,
     WebhookOut,
 )
 from app.schemas import MessageOut, error_responses
+from app.timefmt import iso_ms
 
 router = APIRouter(prefix="/project", tags=["project"])
 
@@ -148,3 +156,64 @@ async def delete_project(
         ctx, session, user=user, project=project, cascade=bool(body and body.cascade)
     )
     return MessageOut(message="successfully deleted project.")
+
+
+@router.get(
+    "/{project_id}/webhook-deliveries",
+    response_model=DeliveryListOut,
+    responses=error_responses(401, 404),
+)
+async def list_webhook_deliveries(
+    project: PathProject,
+    ctx: CtxDep,
+    session: SessionDep,
+    pageSize: Annotated[int, Query(ge=1, le=100)] = 20,
+    pageToken: Annotated[str | None, Query(max_length=1000)] = None,
+    event: Annotated[Literal["call.status", "call.analyzed"] | None, Query()] = None,
+    status: Annotated[DeliveryStatus | None, Query()] = None,
+) -> DeliveryListOut:
+    """The project's webhook deliveries, newest first, pageSize at a time; pass nextPageToken."""
+    rows, token = await deliveries.list_deliveries(
+        session,
+        deliveries.DeliveryPageTokens(ctx.signer.derive_key(b"webhook-deliveries-page")),
+        project=project,
+        filters=deliveries.DeliveryFilters(event=event, status=status),
+        page_size=pageSize,
+        page_token=pageToken,
+    )
+    return DeliveryListOut(
+        message="successfully fetched webhook deliveries.",
+        deliveries=[DeliveryOut.of(d, max_attempts=MAX_ATTEMPTS) for d in rows],
+        nextPageToken=token,
+    )
+
+
+@router.post(
+    "/{project_id}/webhook-deliveries/{delivery_id}/redeliver",
+    response_model=DeliveryDataOut,
+    responses=error_responses(401, 404, 409),
+)
+async def redeliver_webhook(
+    project: PathProject, delivery_id: uuid.UUID, session: SessionDep
+) -> DeliveryDataOut:
+    """Send a delivery's event again: same id and body, freshly signed, five new tries."""
+    delivery = await deliveries.redeliver(session, project=project, delivery_id=delivery_id)
+    return DeliveryDataOut(
+        message="webhook delivery queued again.",
+        delivery=DeliveryOut.of(delivery, max_attempts=MAX_ATTEMPTS),
+    )
+
+
+@router.post(
+    "/{project_id}/webhook-secret/rotate",
+    response_model=RotatedSecretOut,
+    responses=error_responses(401, 404, 409),
+)
+async def rotate_webhook_secret(project: PathProject, session: SessionDep) -> RotatedSecretOut:
+    """A new webhook secret, shown once; the old one also signs for 24 hours."""
+    secret, expires = await deliveries.rotate_webhook_secret(session, project=project)
+    return RotatedSecretOut(
+        message="rotated webhook secret.",
+        webhookSecret=secret,
+        previousSecretExpiresAt=iso_ms(expires),
+    )

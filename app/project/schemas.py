@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
 
 from app.schemas import Strict
 from app.timefmt import iso_ms
+
+if TYPE_CHECKING:
+    from app.models import WebhookDelivery
 
 PROJECT_EXAMPLE: dict[str, Any] = {
     "id": "dce09491-e3c8-4c0b-bf01-c8ef8729088b",
@@ -256,6 +259,125 @@ class SetActiveAgentOut(BaseModel):
                     **PROJECT_EXAMPLE,
                     "active_agent": "232ac42a-2ea0-4276-a5d8-43c8c9f7b857",
                 },
+            }
+        }
+    )
+
+
+DELIVERY_EXAMPLE: dict[str, Any] = {
+    "id": "5b0a3b8e-9f5c-4b7e-8a43-0c1d2e3f4a5b",
+    "eventId": "evt_9f1c2d3e4b5a69788796a5b4c3d2e1f0",
+    "event": "call.status",
+    "callSid": "CA26e39c970fd416515799f5a165718be3",
+    "status": "failed",
+    "attempts": 2,
+    "maxAttempts": 5,
+    "lastStatusCode": 503,
+    "lastError": "the receiver answered HTTP 503",
+    "nextAttemptAt": "2025-03-10T05:30:41.120Z",
+    "created_at": "2025-03-10T05:20:39.831Z",
+    "updated_at": "2025-03-10T05:26:40.015Z",
+}
+DeliveryStatus = Literal["pending", "delivered", "failed", "dead"]
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    eventId: str = Field(description="The body's `id`, the same on every attempt and redelivery.")
+    event: Literal["call.status", "call.analyzed"]
+    callSid: str | None
+    status: DeliveryStatus = Field(
+        description="pending: not tried yet; delivered: the receiver answered 2xx; failed: the "
+        "last attempt failed and another is scheduled (nextAttemptAt); dead: given up."
+    )
+    attempts: int = Field(description="Attempts in the current series (a redelivery starts one).")
+    maxAttempts: int
+    lastStatusCode: int | None = Field(
+        description="What the receiver last answered; null when it gave no answer (timeout, "
+        "connection refused, address refused by the SSRF guard)."
+    )
+    lastError: str | None
+    nextAttemptAt: str | None
+    created_at: str
+    updated_at: str
+
+    model_config = ConfigDict(json_schema_extra={"example": DELIVERY_EXAMPLE})
+
+    @classmethod
+    def of(cls, delivery: WebhookDelivery, *, max_attempts: int) -> DeliveryOut:
+        return cls.model_validate(
+            {
+                "id": str(delivery.id),
+                "eventId": delivery.event_id,
+                "event": delivery.event,
+                "callSid": delivery.call_sid,
+                "status": delivery.status,
+                "attempts": delivery.attempts,
+                "maxAttempts": max_attempts,
+                "lastStatusCode": delivery.last_status_code,
+                "lastError": delivery.last_error,
+                "nextAttemptAt": iso_ms(delivery.next_attempt_at),
+                "created_at": iso_ms(delivery.created_at) or "",
+                "updated_at": iso_ms(delivery.updated_at) or "",
+            }
+        )
+
+
+class DeliveryListOut(BaseModel):
+    message: str
+    status: Literal["success"] = "success"
+    deliveries: list[DeliveryOut]
+    nextPageToken: str | None
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "message": "successfully fetched webhook deliveries.",
+                "status": "success",
+                "deliveries": [DELIVERY_EXAMPLE],
+                "nextPageToken": "eyJwIjoiZGNlMDk0OTEifQ.q1w2e3r4t5y6u7i8o9p0aa",
+            }
+        }
+    )
+
+
+class DeliveryDataOut(BaseModel):
+    message: str
+    status: Literal["success"] = "success"
+    delivery: DeliveryOut
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "message": "webhook delivery queued again.",
+                "status": "success",
+                "delivery": {
+                    **DELIVERY_EXAMPLE,
+                    "status": "pending",
+                    "attempts": 0,
+                    "nextAttemptAt": "2025-03-10T06:02:11.402Z",
+                },
+            }
+        }
+    )
+
+
+class RotatedSecretOut(BaseModel):
+    message: str
+    status: Literal["success"] = "success"
+    webhookSecret: str = Field(description="The new secret: shown here once, never again.")
+    previousSecretExpiresAt: str | None = Field(
+        description="Until then deliveries carry a second v1 signature, made with the old "
+        "secret; null when there was no old secret."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "message": "rotated webhook secret.",
+                "status": "success",
+                "webhookSecret": "whsec_Rk3u8Q0xv2nYc5m1TzL7aB9dE4fG6hJ2kM8pS0wX3yZ",
+                "previousSecretExpiresAt": "2025-03-11T05:20:39.831Z",
             }
         }
     )
