@@ -13,6 +13,12 @@ For each row:
    that number since the claim; one found is adopted, none means the row is dialed again later
    (with backoff, at most BATCH_DIAL_MAX_ATTEMPTS times).
 
+Campaigns (app/batch/campaign.py): outside the batch's call window, and while every row left
+waits for a retry's time, a slice ends at once and its continuation is queued for when a row can
+next be dialed; a batch whose remaining rows all wait for their calls' outcomes has no dial job
+until an outcome queues a row again (app/batch/outcome.py). Each batch has one current dial job
+(`Batch.dial_job_id`): any other (a rerun after a crash, a superseded one) stops at once.
+
 After a crash (kill -9) rows can be left `dialing` with no SID: the next slice (after the dead
 worker's job lease expires) reconciles them the same way, once a claim is older than a slow
 Twilio could take to place its call. A Call SID that Twilio's status callback stored on the
@@ -29,16 +35,18 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import coredis
-from sqlalchemy import exists, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.agent.schemas import MAX_CALL_SECONDS
-from app.batch.service import DIAL_JOB
+from app.batch import lifecycle
+from app.batch.campaign import CallWindow
 from app.call.jobs import CHECK_GRACE, RING_SECONDS, schedule_check
 from app.call.render import missing_variables, render
 from app.call.service import callback_url, hubspot_properties, record_refusal
@@ -48,7 +56,6 @@ from app.context import AppContext
 from app.db import utcnow
 from app.errors import AppError
 from app.hubspot import service as hubspot_service
-from app.jobs.queue import enqueue
 from app.models import Agent, Batch, BatchRow, Call, Job, Project
 from app.phone_number.service import number_of_agent
 from app.telephony.errors import TwilioRejected
@@ -138,16 +145,21 @@ class Resolve:
 
 
 AGAIN = "again"  # the row needed no dial (adopted): claim the next one at once
-BUSY = "busy"  # nothing to dial right now (the cap is reached, or rows wait for a retry)
-DONE = "done"  # the batch has nothing left to dial
+BUSY = "busy"  # nothing to dial right now (the cap is reached, or a claim is being settled)
+IDLE = "idle"  # nothing to dial before later: the call window is closed, or rows wait for a time
+DONE = "done"  # the batch has nothing left to dial (or is not running)
 
 
 class BatchDialer:
     """The `batch.dial` job handler."""
 
-    def __init__(self, ctx: AppContext, pacer: Pacer) -> None:
+    def __init__(
+        self, ctx: AppContext, pacer: Pacer, clock: Callable[[], datetime] = utcnow
+    ) -> None:
         self.ctx = ctx
         self.pacer = pacer
+        # The time call windows and retry times are read by (tests move it).
+        self.clock = clock
         settings = ctx.settings
         self.interval = 1.0 / settings.batch_calls_per_second
         self.max_live = settings.batch_max_concurrent_calls
@@ -159,6 +171,10 @@ class BatchDialer:
 
     async def __call__(self, job: Job) -> None:
         batch_id = uuid.UUID(job.payload["batch_id"])
+        async with self.ctx.sessionmaker() as session:
+            batch = await session.get(Batch, batch_id)
+        if batch is None or batch.dial_job_id not in (None, job.id):
+            return  # superseded: another job carries the batch on
         await self.reconcile_stale(batch_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.slice_seconds
@@ -166,7 +182,7 @@ class BatchDialer:
         try:
             while loop.time() < deadline:
                 claim = await self.claim(batch_id)
-                if claim == DONE:
+                if claim in (DONE, IDLE):
                     break
                 if claim == BUSY:
                     await asyncio.sleep(min(0.5, max(self.interval, 0.05)))
@@ -186,28 +202,38 @@ class BatchDialer:
         finally:
             if dials:
                 await asyncio.gather(*dials, return_exceptions=True)
-        if not await self.finish_if_done(batch_id):
-            async with self.ctx.sessionmaker() as session:
-                batch = await session.get(Batch, batch_id)
-                if batch is not None and batch.status == "running":
-                    # The next slice: any worker (this process or another) may take it.
-                    await enqueue(
-                        session,
-                        kind=DIAL_JOB,
-                        payload={"batch_id": str(batch_id)},
-                        project_id=batch.project_id,
-                        max_attempts=50,
-                    )
-                    await session.commit()
+        await self.next_slice(batch_id, job.id)
+
+    async def next_slice(self, batch_id: uuid.UUID, job_id: uuid.UUID) -> None:
+        """Queue the batch's next slice for when a row can next be dialed (any worker may take
+        it), or complete the batch, or (paused, or every row waiting for its call's outcome)
+        leave it with no dial job."""
+        now = self.clock()
+        async with self.ctx.sessionmaker() as session, session.begin():
+            batch = await session.get(Batch, batch_id, with_for_update=True)
+            if batch is None or batch.dial_job_id not in (None, job_id):
+                return
+            batch.dial_job_id = None
+            wake = None
+            if batch.status == "running":
+                wake = await lifecycle.next_dial_time(session, batch, now)
+            if wake is None:
+                await lifecycle.finish_if_done(session, batch, utcnow())
+                return
+            await lifecycle.wake_dialer(session, batch, wake)
 
     # -- claiming ---------------------------------------------------------------------------
 
     async def claim(self, batch_id: uuid.UUID) -> Claim | Resolve | str:
         now = utcnow()
+        at = self.clock()
         async with self.ctx.sessionmaker() as session, session.begin():
             batch = await session.get(Batch, batch_id)
             if batch is None or batch.status != "running":
                 return DONE
+            window = CallWindow.load(batch.call_window)
+            if window is not None and not window.is_open(at):
+                return IDLE
             # Claims of one project take turns (the live-call count must hold).
             await session.get(Project, batch.project_id, with_for_update=True)
             live = await session.scalar(
@@ -226,7 +252,7 @@ class BatchDialer:
                 .where(
                     BatchRow.batch_id == batch_id,
                     BatchRow.state == "queued",
-                    (BatchRow.next_attempt_at.is_(None)) | (BatchRow.next_attempt_at <= now),
+                    (BatchRow.next_attempt_at.is_(None)) | (BatchRow.next_attempt_at <= at),
                 )
                 .order_by(BatchRow.row)
                 .limit(1)
@@ -235,15 +261,21 @@ class BatchDialer:
                 pick = pick.with_for_update(skip_locked=True)
             row = (await session.execute(pick)).scalar_one_or_none()
             if row is None:
-                pending = await session.scalar(
-                    select(
-                        exists().where(
-                            BatchRow.batch_id == batch_id,
-                            BatchRow.state.in_(("queued", "dialing")),
+                pending = set(
+                    (
+                        await session.scalars(
+                            select(BatchRow.state)
+                            .where(
+                                BatchRow.batch_id == batch_id,
+                                BatchRow.state.in_(("queued", "dialing")),
+                            )
+                            .distinct()
                         )
-                    )
+                    ).all()
                 )
-                return BUSY if pending else DONE
+                if "dialing" in pending:
+                    return BUSY
+                return IDLE if pending else DONE
             if row.hubspot_contact_id and not row.number:
                 return Resolve(row.id)
             agent = await session.get(Agent, batch.agent_id)
@@ -276,6 +308,8 @@ class BatchDialer:
                 )
                 session.add(call)
                 await session.flush()
+                row.call_attempts += 1
+                row.outcome = None
             row.state = "dialing"
             row.claimed_at = now
             row.attempts += 1
@@ -358,7 +392,7 @@ class BatchDialer:
                         "batch row %s dialed twice: %s, then %s", claim.row_id, call.call_sid, sid
                     )
                 await schedule_check(session, call, max_seconds=claim.max_seconds)
-            if row is not None:
+            if row is not None and row.call_id == claim.call_id:
                 row.state, row.call_sid, row.error, row.next_attempt_at = "dialed", sid, None, None
 
     async def _refused(self, claim: Claim, exc: AppError) -> None:
@@ -367,8 +401,8 @@ class BatchDialer:
             row = await session.get(BatchRow, claim.row_id, with_for_update=True)
             if call is not None:
                 await record_refusal(session, call, exc)
-            if row is not None:
-                row.state, row.error = "failed", exc.message
+            if row is not None and row.call_id == claim.call_id:
+                row.state, row.error, row.outcome = "failed", exc.message, "failed"
         log.info("batch row %s refused by Twilio: %s", claim.row_id, exc.message)
 
     async def _unknown(self, claim: Claim, reason: str) -> None:
@@ -444,6 +478,7 @@ class BatchDialer:
                 return
             if row.attempts >= self.max_attempts:
                 row.state, row.error = "failed", f"Twilio could not be reached: {reason}"
+                row.outcome = "failed"
                 if call is not None and call.status not in FINAL:
                     call.status, call.ended_at, call.ended_reason = (
                         "failed",
@@ -471,25 +506,6 @@ class BatchDialer:
             call,
             max_seconds=agent.max_call_duration_seconds if agent else MAX_CALL_SECONDS,
         )
-
-    async def finish_if_done(self, batch_id: uuid.UUID) -> bool:
-        async with self.ctx.sessionmaker() as session, session.begin():
-            batch = await session.get(Batch, batch_id, with_for_update=True)
-            if batch is None or batch.status != "running":
-                return True
-            pending = await session.scalar(
-                select(
-                    exists().where(
-                        BatchRow.batch_id == batch_id,
-                        BatchRow.state.in_(("queued", "dialing")),
-                    )
-                )
-            )
-            if pending:
-                return False
-            batch.status, batch.finished_at = "completed", utcnow()
-            log.info("batch %s completed", batch_id)
-            return True
 
 
 _LAST = datetime.max.replace(tzinfo=UTC)

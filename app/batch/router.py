@@ -1,27 +1,36 @@
-"""/call/batch-call: upload a spreadsheet of calls, follow it, cancel it."""
+"""/call/batch-call: upload a spreadsheet of calls, follow it, pause, resume or cancel it."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Generator
 from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import UploadFile
 
 from app.batch import service
+from app.batch.campaign import parse_campaign
 from app.batch.parse import MAX_BYTES, read_rows
 from app.batch.schemas import (
+    RETRY_EXAMPLE,
+    WINDOW_EXAMPLE,
     BatchCanceledOut,
+    BatchControlOut,
     BatchCreated,
     BatchCreatedOut,
     BatchOut,
     BatchProgressOut,
     BatchRowOut,
     RejectedRow,
+    retry_out,
+    window_out,
 )
 from app.deps import CtxDep, CurrentUser, SessionDep
 from app.errors import AppError, BadRequest
+from app.models import Batch
 from app.schemas import error_responses
 
 router = APIRouter(prefix="/call/batch-call", tags=["batch"])
@@ -48,6 +57,23 @@ _MULTIPART: dict[str, Any] = {
                             "UNSUPPORTED_FILE_TYPE), at most 10 MB and 100,000 rows; a "
                             "`number` column, optional `dynamicVariables` (a JSON object) and "
                             "any other column as a variable",
+                        },
+                        "callWindow": {
+                            "type": "string",
+                            "description": "Optional JSON object: rows are dialed only on "
+                            "`days` (mon … sun; default every day) from `start` to `end` "
+                            '("HH:MM", start before end, end up to "24:00") in `timezone` '
+                            "(IANA), the batch's zone for every row; outside it rows wait.",
+                            "example": json.dumps(WINDOW_EXAMPLE),
+                        },
+                        "retry": {
+                            "type": "string",
+                            "description": "Optional JSON object: for a call ending "
+                            "`no-answer`, `busy`, `voicemail` or `failed`, the row is called "
+                            "again (a new call) `delaySeconds` later (60 to 604800, within the "
+                            "call window), up to `attempts` calls in all (1 to 10, the first "
+                            "included).",
+                            "example": json.dumps(RETRY_EXAMPLE),
                         },
                     },
                 }
@@ -107,6 +133,15 @@ async def batch_call(
         assert isinstance(project_id, str) and isinstance(agent_id, str)
         if upload.size is not None and upload.size > MAX_BYTES:
             raise PayloadTooLarge("The file is larger than 10 MB.")
+        window, retry = form.get("callWindow"), form.get("retry")
+        if isinstance(window, UploadFile) or isinstance(retry, UploadFile):
+            field = "callWindow" if isinstance(window, UploadFile) else "retry"
+            raise BadRequest(
+                f"Invalid request: {field} must be a JSON text field, not a file.",
+                code="VALIDATION_ERROR",
+                errors=[{"field": field, "message": "must be a JSON text field, not a file"}],
+            )
+        campaign = parse_campaign(window, retry)
         batch, rejected = await service.create_batch(
             ctx,
             session,
@@ -115,6 +150,7 @@ async def batch_call(
             agent_id=agent_id.strip(),
             rows=_in_thread(upload.file, upload.filename or ""),
             filename=upload.filename or "",
+            campaign=campaign,
         )
     return BatchCreatedOut(
         message="batch created.",
@@ -125,6 +161,8 @@ async def batch_call(
             accepted=batch.accepted,
             rejected=[RejectedRow(**r) for r in rejected],
             rejectedCount=batch.rejected,
+            callWindow=window_out(batch),
+            retry=retry_out(batch),
         ),
     )
 
@@ -175,11 +213,10 @@ async def get_batch(
             raise BadRequest("pageToken is not valid.", code="INVALID_PAGE_TOKEN")
         after = int(pageToken)
     batch = await service.get_owned_batch(session, user=user, batch_id=batchId)
-    counts = await service.counts(session, batch.id)
     rows, last = await service.rows_page(session, batch.id, after=after, size=pageSize)
     return BatchProgressOut(
         message="successfully fetched batch.",
-        batch=BatchOut.of(batch, counts),
+        batch=await _batch_out(session, batch),
         rows=[BatchRowOut.of(r) for r in rows],
         nextPageToken=str(last) if last is not None else None,
     )
@@ -191,6 +228,28 @@ async def get_batch(
 async def cancel_batch(batchId: str, user: CurrentUser, session: SessionDep) -> BatchCanceledOut:
     """Stop the batch: rows not yet dialed are canceled; calls already placed go on."""
     batch = await service.cancel(session, user=user, batch_id=batchId)
+    return BatchCanceledOut(message="batch canceled.", batch=await _batch_out(session, batch))
+
+
+@router.post(
+    "/{batchId}/pause", response_model=BatchControlOut, responses=error_responses(401, 404, 409)
+)
+async def pause_batch(batchId: str, user: CurrentUser, session: SessionDep) -> BatchControlOut:
+    """Stop dialing new rows until resumed; calls already placed go on."""
+    batch = await service.pause(session, user=user, batch_id=batchId)
+    return BatchControlOut(message="batch paused.", batch=await _batch_out(session, batch))
+
+
+@router.post(
+    "/{batchId}/resume", response_model=BatchControlOut, responses=error_responses(401, 404, 409)
+)
+async def resume_batch(batchId: str, user: CurrentUser, session: SessionDep) -> BatchControlOut:
+    """Dial a paused batch's remaining rows again (within its call window)."""
+    batch = await service.resume(session, user=user, batch_id=batchId)
+    return BatchControlOut(message="batch resumed.", batch=await _batch_out(session, batch))
+
+
+async def _batch_out(session: AsyncSession, batch: Batch) -> BatchOut:
     await session.flush()
     counts = await service.counts(session, batch.id)
-    return BatchCanceledOut(message="batch canceled.", batch=BatchOut.of(batch, counts))
+    return BatchOut.of(batch, counts, await service.outcomes(session, batch.id))

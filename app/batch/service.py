@@ -1,4 +1,5 @@
-"""Batch calls (CONTRACT.md §7): validate a whole spreadsheet, store it, report on it, cancel it.
+"""Batch calls (CONTRACT.md §7): validate a whole spreadsheet, store it, report on it, pause,
+resume or cancel it.
 
 Dialing is app/batch/dialer.py's job; this module only writes rows it has validated.
 """
@@ -14,20 +15,20 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.batch import lifecycle
+from app.batch.campaign import Campaign, retry_public
 from app.batch.parse import MAX_ROWS, FileRejected
 from app.call.render import missing_variables
 from app.context import AppContext
 from app.db import utcnow
 from app.errors import AppError, BadRequest, Conflict, NotFound
 from app.hubspot import service as hubspot_service
-from app.jobs.queue import enqueue
 from app.models import Agent, Batch, BatchRow, HubSpotConnection, User
 from app.phone import to_e164
 from app.phone_number.service import number_of_agent
 from app.project.service import get_owned_agent, get_owned_project, parse_id
 from app.telephony.errors import TelephonyNotConfigured
 
-DIAL_JOB = "batch.dial"
 INSERT_CHUNK = 1000
 # The POST answer lists at most this many rejected rows; GET /call/batch-call/{id} has all.
 REJECTED_IN_ANSWER = 1000
@@ -132,8 +133,10 @@ async def create_batch(
     agent_id: str,
     rows: RowSource,
     filename: str,
+    campaign: Campaign | None = None,
 ) -> tuple[Batch, list[dict[str, Any]]]:
     """Validate every row, store the batch and its rows in one transaction, queue the dialer."""
+    campaign = campaign or Campaign(window=None, retry={})
     project = await get_owned_project(session, user=user, project_id=project_id)
     agent = await get_owned_agent(session, project=project, agent_id=agent_id)
     if await number_of_agent(session, agent.id) is None:
@@ -149,6 +152,8 @@ async def create_batch(
         agent_id=agent.id,
         filename=filename[:255],
         status="running",
+        call_window=campaign.window.public() if campaign.window else None,
+        retry=retry_public(campaign.retry) or None,
     )
     session.add(batch)
     await session.flush()
@@ -184,13 +189,7 @@ async def create_batch(
         raise FileRejected("The file has no rows to call.", code="EMPTY_BATCH_FILE")
     batch.total, batch.accepted, batch.rejected = total, accepted, total - accepted
     if accepted:
-        await enqueue(
-            session,
-            kind=DIAL_JOB,
-            payload={"batch_id": str(batch.id)},
-            project_id=project.id,
-            max_attempts=50,
-        )
+        await lifecycle.wake_dialer(session, batch, utcnow())
     else:
         batch.status, batch.finished_at = "completed", utcnow()
     return batch, rejected
@@ -232,6 +231,20 @@ async def counts(session: AsyncSession, batch_id: uuid.UUID) -> dict[str, int]:
     return out
 
 
+async def outcomes(session: AsyncSession, batch_id: uuid.UUID) -> dict[str, int]:
+    """How many rows ended with each outcome (their last call's final status)."""
+    rows = await session.execute(
+        select(BatchRow.outcome, func.count())
+        .where(
+            BatchRow.batch_id == batch_id,
+            BatchRow.outcome.is_not(None),
+            BatchRow.state.not_in(("queued", "dialing")),
+        )
+        .group_by(BatchRow.outcome)
+    )
+    return {outcome: n for outcome, n in rows if outcome is not None}
+
+
 async def rows_page(
     session: AsyncSession, batch_id: uuid.UUID, *, after: int, size: int
 ) -> tuple[list[BatchRow], int | None]:
@@ -255,7 +268,7 @@ async def cancel(session: AsyncSession, *, user: User, batch_id: str) -> Batch:
     batch = await get_owned_batch(session, user=user, batch_id=batch_id, lock=True)
     if batch.status == "completed":
         raise Conflict("The batch has already finished.", code="BATCH_FINISHED")
-    if batch.status == "running":
+    if batch.status in lifecycle.OPEN:
         batch.status = "canceled"
         batch.finished_at = utcnow()
         await session.execute(
@@ -264,3 +277,30 @@ async def cancel(session: AsyncSession, *, user: User, batch_id: str) -> Batch:
             .values(state="canceled")
         )
     return batch
+
+
+async def pause(session: AsyncSession, *, user: User, batch_id: str) -> Batch:
+    """Stop claiming rows; calls already placed go on (and their outcomes are still decided).
+    Pausing a paused batch is harmless."""
+    batch = await get_owned_batch(session, user=user, batch_id=batch_id, lock=True)
+    _still_open(batch)
+    batch.status = "paused"
+    return batch
+
+
+async def resume(session: AsyncSession, *, user: User, batch_id: str) -> Batch:
+    """Dial a paused batch's rows again (within its call window). Resuming a running batch is
+    harmless."""
+    batch = await get_owned_batch(session, user=user, batch_id=batch_id, lock=True)
+    _still_open(batch)
+    if batch.status == "paused":
+        batch.status = "running"
+        await lifecycle.wake_dialer(session, batch, utcnow())
+    return batch
+
+
+def _still_open(batch: Batch) -> None:
+    if batch.status == "completed":
+        raise Conflict("The batch has already finished.", code="BATCH_FINISHED")
+    if batch.status == "canceled":
+        raise Conflict("The batch was canceled.", code="BATCH_CANCELED")

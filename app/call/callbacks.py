@@ -16,6 +16,7 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.batch.outcome import ends_batch_call, outcome_job
 from app.call import status as states
 from app.call.events import call_changed
 from app.call.schemas import CallOut
@@ -118,6 +119,8 @@ async def apply_status(session: AsyncSession, call: Call, params: Mapping[str, s
         setattr(call, column, value)
     if change.completed:
         await _enqueue_price(session, call.id, call.project_id)
+    if ends_batch_call(call.batch_id, change.changed, call.status):
+        await enqueue_many(session, [outcome_job(call.id, call.project_id, call.status)])
     if change.changed:
         await call_changed(session, call)
         await _sync_if_final(session, call)
@@ -256,6 +259,8 @@ class StatusIngest:
                 writes.setdefault(callback.call_id, {}).update(values)
                 if change.completed:
                     jobs.append(_price_job(callback.call_id, call["project_id"]))
+                if ends_batch_call(call["batch_id"], change.changed, call["status"]):
+                    jobs.append(outcome_job(callback.call_id, call["project_id"], call["status"]))
                 if change.changed:
                     # The call as it is now, for its event: read-only, so a plain namespace of
                     # its columns (building an ORM Call costs more than the whole UPDATE).
@@ -346,6 +351,8 @@ async def apply_amd(session: AsyncSession, call: Call, params: Mapping[str, str]
     refined = states.final_status(call.status, answered_by)
     if refined != call.status:
         call.status = refined
+        if ends_batch_call(call.batch_id, True, refined):
+            await enqueue_many(session, [outcome_job(call.id, call.project_id, refined)])
         await call_changed(session, call)
         return True
     return False

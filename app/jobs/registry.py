@@ -7,8 +7,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from functools import partial
 
+from app.batch import outcome
 from app.batch.dialer import BatchDialer, build_pacer
-from app.batch.service import DIAL_JOB
+from app.batch.lifecycle import DIAL_JOB
 from app.call import callbacks
 from app.call.jobs import CHECK_JOB, check_call, fetch_price
 from app.context import AppContext
@@ -40,6 +41,7 @@ async def job_handlers(ctx: AppContext) -> AsyncIterator[dict[str, Handler]]:
             analysis.ANALYZE_JOB: partial(analysis.run_analysis_job, ctx),
             hubspot_jobs.SYNC_JOB: partial(hubspot_jobs.run_sync_job, ctx),
             DIAL_JOB: BatchDialer(ctx, pacer),
+            outcome.OUTCOME_JOB: partial(outcome.decide, ctx),
         }
 
 

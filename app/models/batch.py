@@ -26,20 +26,28 @@ class Batch(TimestampMixin, Base):
     agent_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("agents.id", ondelete="CASCADE"), nullable=False
     )
-    # running → completed, or canceled.
+    # running ⇄ paused → completed, or canceled.
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
     filename: Mapped[str] = mapped_column(String(255), nullable=False, default="")
     total: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     accepted: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     rejected: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Campaign settings (app/batch/campaign.py), as the API shows them; null: none.
+    call_window: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    retry: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The `batch.dial` job that carries the batch on (null: none is queued or running). Only it
+    # dials and queues the next slice, so pausing, resuming or a retry never starts a second chain.
+    dial_job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
 
 
 class BatchRow(Base):
-    """One row of a batch: validated at upload, then dialed exactly once.
+    """One row of a batch: validated at upload, then dialed exactly once per attempt.
 
     States: `queued` → `dialing` (claimed: the call row exists, Twilio is being asked) →
     `dialed` (Call SID stored) or `failed` (Twilio refused); `rejected` at upload; `canceled`.
+    A `dialed` row whose call ends with an outcome the batch retries is `queued` again, with no
+    call: the next claim makes a new call (app/batch/outcome.py).
     """
 
     __tablename__ = "batch_rows"
@@ -47,6 +55,8 @@ class BatchRow(Base):
         UniqueConstraint("batch_id", "row"),
         # The next rows to dial, in file order; and the rows of one state for the totals.
         Index("ix_batch_rows_batch_state_row", "batch_id", "state", "row"),
+        # The row a finished call belongs to.
+        Index("ix_batch_rows_call_id", "call_id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=new_id)
@@ -61,7 +71,14 @@ class BatchRow(Base):
     variables: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
     state: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
     error: Mapped[str | None] = mapped_column(Text)
+    # Claims of the current call (a dial Twilio may not have placed is claimed again).
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # Calls made for the row: the retry rules' attempts.
+    call_attempts: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default="0"
+    )
+    # The final status of the row's last call (shown once no retry is pending).
+    outcome: Mapped[str | None] = mapped_column(String(16))
     call_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid, ForeignKey("calls.id", ondelete="SET NULL")
     )
