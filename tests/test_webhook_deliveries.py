@@ -632,3 +632,46 @@ def test_the_migration_makes_a_delivery_of_every_webhook_job(fresh_database: str
         command.downgrade(cfg, "0008")
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("settings_overrides", [{"run_jobs_in_process": False}], indirect=True)
+async def test_redeliveries_at_once_queue_the_event_once(app, client, mailbox):
+    acct = await verified_account(client, mailbox)
+    key = {"x-api-key": await api_key_for(client, acct)}
+    pid = await make_project(
+        app, acct.user_id, call_status_webhook="https://93.184.216.34/hook", webhook_secret="s"
+    )
+    # Its job purged long ago: a redelivery makes a new one.
+    await seed(app, pid, ["call.status"])
+    (delivery,) = await rows(app, pid)
+    url = f"/project/{pid}/webhook-deliveries/{delivery.id}/redeliver"
+
+    answers = await asyncio.gather(*(client.post(url, headers=key) for _ in range(6)))
+    assert [r.status_code for r in answers] == [200] * 6, [r.text for r in answers]
+    (job,) = await jobs_of(app, delivery.id)
+    assert job.status == "queued" and job.attempts == 0
+    (after,) = await rows(app, pid)
+    assert after.job_id == job.id and after.status == "pending"
+
+
+@pytest.mark.parametrize("settings_overrides", [{"job_lease_seconds": 0.3}], indirect=True)
+async def test_a_worker_that_died_on_the_last_attempt_leaves_the_delivery_dead(
+    app, client, mailbox, receiver
+):
+    pid, _, key = await hooked(client, mailbox, receiver.url)
+    job, delivery = webhooks.call_event_rows(uuid.UUID(pid), "call.status", CALL)
+    # Its fifth attempt was claimed by a worker that then died: the lease ran out.
+    lost = datetime.now(UTC) - timedelta(seconds=5)
+    job.update(status="running", attempts=5, locked_until=lost)
+    delivery.update(status="failed", attempts=4, last_status_code=500, next_attempt_at=lost)
+    async with app.state.ctx.sessionmaker() as session:
+        await webhooks.insert_deliveries(session, [delivery])
+        await enqueue_many(session, [job])
+        await session.commit()
+
+    row = await until(app, pid, "dead")
+    assert row.attempts == 5 and row.last_status_code is None and row.next_attempt_at is None
+    assert row.last_error == "The worker stopped during the last attempt (lease expired)."
+    (shown,) = (await listing(client, pid, key, status="dead")).json()["deliveries"]
+    assert shown["id"] == str(delivery["id"])
+    assert receiver.requests == 0

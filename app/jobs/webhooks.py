@@ -231,6 +231,10 @@ class WebhookSender:
         await self._record(job, outcome, FAILED, utcnow() + timedelta(seconds=delay))
         raise RetryLater(delay, outcome.error)
 
+    async def reaped(self, job: Job) -> None:
+        """The worker died during the last attempt, and the job was buried: so is the event."""
+        await self._record(job, Outcome(None, job.last_error), DEAD)
+
     async def _attempt(self, job: Job) -> Outcome | None:
         target = await self._target(job)
         if target is None:

@@ -17,6 +17,8 @@ from app.models import Job
 
 log = logging.getLogger("talkstack.jobs")
 
+# A handler may also have `async def reaped(job)`: called when a job of its kind is buried
+# because its worker died during the last attempt (so the handler never saw how it ended).
 Handler = Callable[[Job], Awaitable[None]]
 
 
@@ -261,6 +263,12 @@ class JobWorker:
     async def _reap(self) -> None:
         for job in await queue.reap(self._sessionmaker):
             _log_dead(job, job.last_error or "")
+            hook = getattr(self._handlers.get(job.kind), "reaped", None)
+            if hook is not None:
+                try:
+                    await hook(job)
+                except Exception:
+                    log.exception("job %s (%s): its reaped hook failed", job.id, job.kind)
         await queue.purge_done(
             self._sessionmaker, older_than=utcnow() - timedelta(seconds=self._retention)
         )
