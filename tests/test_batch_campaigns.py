@@ -29,7 +29,7 @@ from app.jobs.queue import DONE, QUEUED, RUNNING
 from app.models import Batch, BatchRow, Call, Job
 from app.timefmt import iso_ms
 from tests import test_batch
-from tests.factories import assert_error, assert_validation_error
+from tests.factories import api_key_for, assert_error, assert_validation_error, verified_account
 from tests.test_batch import batch_rows, csv_of, dialed, finished, numbers, upload
 
 # The batch tests' fixtures: Twilio's stand-in, fast jobs, an agent with a number.
@@ -392,7 +392,9 @@ async def test_a_row_waiting_for_a_retry_is_canceled_with_its_last_outcome(
 
 
 @MANUAL
-async def test_pause_stops_new_dials_and_resume_goes_on(app, client, setup, twilio_standin):
+async def test_pause_stops_new_dials_and_resume_goes_on(
+    app, client, setup, mailbox, twilio_standin
+):
     targets = numbers(3)
     r = await upload(client, setup, rows_of(targets))
     batch_id = r.json()["batch"]["id"]
@@ -426,8 +428,12 @@ async def test_pause_stops_new_dials_and_resume_goes_on(app, client, setup, twil
     assert r.status_code == 200 and r.json()["batch"]["counts"]["canceled"] == 1
     r = await client.post(f"/call/batch-call/{other}/resume", headers=setup.key)
     assert_error(r, 409, "BATCH_CANCELED")
-    r = await client.post(f"/call/batch-call/{uuid.uuid4()}/pause", headers=setup.key)
-    assert_error(r, 404, "BATCH_NOT_FOUND")
+    stranger = {"x-api-key": await api_key_for(client, await verified_account(client, mailbox))}
+    for action in ("pause", "resume"):
+        r = await client.post(f"/call/batch-call/{other}/{action}", headers=stranger)
+        missing = await client.post(f"/call/batch-call/{uuid.uuid4()}/{action}", headers=stranger)
+        assert_error(r, 404, "BATCH_NOT_FOUND")
+        assert r.json() == missing.json()
 
 
 @pytest.mark.parametrize("settings_overrides", [{"batch_calls_per_second": 4.0}], indirect=True)
