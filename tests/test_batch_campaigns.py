@@ -24,6 +24,7 @@ from app.batch import outcome
 from app.batch.campaign import CallWindow
 from app.batch.dialer import IDLE, BatchDialer, Claim, MemoryPacer
 from app.batch.lifecycle import DIAL_JOB
+from app.call.service import callback_url
 from app.db import utcnow
 from app.jobs.queue import DONE, QUEUED, RUNNING
 from app.models import Batch, BatchRow, Call, Job
@@ -326,6 +327,51 @@ async def test_an_outcome_is_called_again_after_the_delay_up_to_its_attempts(
     assert body["batch"]["status"] == "completed"
     assert body["batch"]["outcomes"] == {"completed": 1, status: 1}
     assert await queued_jobs(app, DIAL_JOB) == []
+
+
+@MANUAL
+async def test_a_call_that_ends_before_its_claim_is_settled_is_decided_once_it_is(
+    app, client, setup, twilio_standin
+):
+    # The server asked Twilio and died; the call rang out (no-answer) before the restarted
+    # server adopted it. The outcome waits for the adoption, then the row is called again.
+    retry = {"no-answer": {"attempts": 2, "delaySeconds": 60}}
+    r = await upload(client, setup, rows_of(numbers(1)), retry=json.dumps(retry))
+    batch_id = uuid.UUID(r.json()["batch"]["id"])
+    ctx = app.state.ctx
+    dialer = BatchDialer(ctx, MemoryPacer())
+    claim = await dialer.claim(batch_id)
+    assert isinstance(claim, Claim)
+    placed = await ctx.telephony.create_call(
+        to=claim.to,
+        from_=claim.from_,
+        **{
+            name: callback_url(ctx, claim.call_id, kind)
+            for name, kind in (
+                ("twiml_url", "twiml"),
+                ("status_callback", "status"),
+                ("recording_status_callback", "recording"),
+                ("amd_callback", "amd"),
+            )
+        },
+        time_limit_seconds=claim.max_seconds,
+    )
+    await end_call(client, twilio_standin, placed.sid, "no-answer")
+    assert await run_jobs(app, outcome.OUTCOME_JOB, at=utcnow()) == 1
+    (row,) = await batch_rows(app, str(batch_id))
+    assert (row.state, row.call_attempts) == ("dialing", 1)  # not decided yet
+
+    async with ctx.sessionmaker() as s, s.begin():
+        stale = await s.get(BatchRow, claim.row_id)
+        assert stale is not None and stale.claimed_at is not None
+        stale.claimed_at -= dialer.stale_after
+    await dialer.reconcile_stale(batch_id)
+    assert await run_jobs(app, outcome.OUTCOME_JOB, at=utcnow()) == 1
+    (row,) = await batch_rows(app, str(batch_id))
+    assert (row.state, row.call_id, row.outcome) == ("queued", None, "no-answer")
+    at = utcnow() + timedelta(seconds=61)
+    await dial_at(app, at)
+    assert len(twilio_standin.call_sids) == 2  # the adopted call, then one new call
 
 
 @MANUAL

@@ -47,6 +47,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.agent.schemas import MAX_CALL_SECONDS
 from app.batch import lifecycle
 from app.batch.campaign import CallWindow
+from app.batch.outcome import outcome_job
 from app.call.jobs import CHECK_GRACE, RING_SECONDS, schedule_check
 from app.call.render import missing_variables, render
 from app.call.service import callback_url, hubspot_properties, record_refusal
@@ -56,6 +57,7 @@ from app.context import AppContext
 from app.db import utcnow
 from app.errors import AppError
 from app.hubspot import service as hubspot_service
+from app.jobs.queue import enqueue_many
 from app.models import Agent, Batch, BatchRow, Call, Job, Project
 from app.phone_number.service import number_of_agent
 from app.telephony.errors import TwilioRejected
@@ -228,7 +230,8 @@ class BatchDialer:
         now = utcnow()
         at = self.clock()
         async with self.ctx.sessionmaker() as session, session.begin():
-            batch = await session.get(Batch, batch_id)
+            # Locked: a claim never crosses a pause or cancel that has committed.
+            batch = await session.get(Batch, batch_id, with_for_update=True)
             if batch is None or batch.status != "running":
                 return DONE
             window = CallWindow.load(batch.call_window)
@@ -394,6 +397,8 @@ class BatchDialer:
                 await schedule_check(session, call, max_seconds=claim.max_seconds)
             if row is not None and row.call_id == claim.call_id:
                 row.state, row.call_sid, row.error, row.next_attempt_at = "dialed", sid, None, None
+                if call is not None:
+                    await _decide_if_ended(session, call)
 
     async def _refused(self, claim: Claim, exc: AppError) -> None:
         async with self.ctx.sessionmaker() as session, session.begin():
@@ -500,12 +505,20 @@ class BatchDialer:
             return
         if call.call_sid is None:
             call.call_sid = sid
+        await _decide_if_ended(session, call)
         agent = await session.get(Agent, call.agent_id) if call.agent_id else None
         await schedule_check(
             session,
             call,
             max_seconds=agent.max_call_duration_seconds if agent else MAX_CALL_SECONDS,
         )
+
+
+async def _decide_if_ended(session: AsyncSession, call: Call) -> None:
+    """A call that ended before its claim was settled (its status callbacks came first) gets
+    its outcome decided now: the decision waits for the row to be `dialed`."""
+    if call.status in FINAL:
+        await enqueue_many(session, [outcome_job(call.id, call.project_id, call.status)])
 
 
 _LAST = datetime.max.replace(tzinfo=UTC)

@@ -24,7 +24,6 @@ from app.batch.campaign import load_retry
 from app.call.status import FINAL
 from app.db import utcnow
 from app.jobs.queue import job_row
-from app.jobs.worker import RetryLater
 from app.models import Batch, BatchRow, Call, Job
 
 if TYPE_CHECKING:
@@ -33,9 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("talkstack.batch.outcome")
 
 OUTCOME_JOB = "batch.outcome"
-# Enough tries to outlast a claim being settled after a crash (a slice and a stale claim).
-OUTCOME_ATTEMPTS = 20
-SETTLING_DELAY = 15.0
+OUTCOME_ATTEMPTS = 10
 AMD_GRACE = timedelta(seconds=60)
 
 
@@ -76,9 +73,9 @@ async def decide(ctx: AppContext, job: Job) -> None:
         if batch is None or row is None:
             return  # an earlier attempt's call: its row has moved on to a new call
         if row.state == "dialing":
-            # The status callback beat the dialer to storing the Call SID: once the claim is
-            # settled (`dialed`), the row can be decided.
-            raise RetryLater(delay=SETTLING_DELAY, reason="the row's dial is being settled")
+            # The call ended before the dialer settled its claim: settling it (`dialed`, in
+            # app/batch/dialer.py) queues this decision again.
+            return
         status = call.status
         if row.state != "dialed" or row.outcome == status:
             return
