@@ -153,6 +153,10 @@ async def test_call_window_and_retry_are_taken_and_shown(client, setup):
          ["callWindow.start", "callWindow.end"]),
         ({"callWindow": json.dumps({**WEEKDAYS, "timezone": "Mars/Olympus_Mons"})},
          ["callWindow.timezone"]),
+        ({"callWindow": json.dumps({**WEEKDAYS, "timezone": "America"})},  # a folder
+         ["callWindow.timezone"]),
+        ({"callWindow": json.dumps({**WEEKDAYS, "timezone": "A" * 4000})},
+         ["callWindow.timezone"]),
         ({"callWindow": json.dumps({k: v for k, v in WEEKDAYS.items() if k != "timezone"})},
          ["callWindow.timezone"]),
         ({"callWindow": json.dumps({**WEEKDAYS, "weekdays": ["mon"]})}, ["callWindow.weekdays"]),

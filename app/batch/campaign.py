@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
+from functools import cache
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from app.errors import BadRequest
 
@@ -39,6 +40,22 @@ def _minutes(text: Any, *, end: bool) -> int | None:
     if int(minutes) > 59 or value > _END_OF_DAY or (value == _END_OF_DAY and not end):
         return None
     return value
+
+
+@cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def _zone(name: Any) -> ZoneInfo | None:
+    """The IANA zone named, or None. Only names of the zone database: ZoneInfo reads any path
+    it is given (a folder such as "America", a name too long for the file system)."""
+    if not isinstance(name, str) or name not in _zone_names():
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return None
 
 
 def _clock(minutes: int) -> str:
@@ -85,12 +102,7 @@ class CallWindow:
             bad("end", 'must be a local time "HH:MM" (00:01 to 24:00)')
         if start is not None and end is not None and start >= end:
             bad("end", "must be after start (a window across midnight is not supported)")
-        zone: ZoneInfo | None = None
-        name = value.get("timezone")
-        try:
-            zone = ZoneInfo(name) if isinstance(name, str) and name else None
-        except (ZoneInfoNotFoundError, ValueError):
-            zone = None
+        zone = _zone(value.get("timezone"))
         if zone is None:
             bad("timezone", 'must be an IANA time zone name such as "America/New_York"')
         if errors or zone is None or start is None or end is None:
