@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
 from app.conversation.llm import LanguageModel
+from app.conversation.tools import ToolWebhooks
 from app.jobs.worker import JobWorker
 from app.mail import Mailer
 from app.ratelimit import AuthRateLimiter
@@ -28,6 +29,7 @@ class AppContext:
     telephony: TwilioAdapter | None
     voices: VoiceCatalogue
     llm: LanguageModel
+    tool_webhooks: ToolWebhooks
     # The in-process job worker (None when RUN_JOBS_IN_PROCESS=false: a separate
     # `talkstack-worker` runs the jobs).
     worker: JobWorker | None = None

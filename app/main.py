@@ -26,6 +26,7 @@ from app.config import Settings, get_settings
 from app.context import AppContext
 from app.conversation.llm import build_language_model
 from app.conversation.router import router as conversation_router
+from app.conversation.tools import ToolWebhooks
 from app.db import make_engine, make_sessionmaker
 from app.deps import current_user
 from app.errors import NotConfigured, install_error_handlers
@@ -90,6 +91,7 @@ def build_context(settings: Settings) -> AppContext:
         telephony=build_telephony(settings),
         voices=build_voice_catalogue(settings),
         llm=build_language_model(settings),
+        tool_webhooks=ToolWebhooks(settings),
     )
 
 
@@ -104,6 +106,7 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
             await ctx.telephony.aclose()
         await ctx.voices.aclose()
         await ctx.llm.aclose()
+        await ctx.tool_webhooks.aclose()
         await ctx.limiter.aclose()
         await ctx.engine.dispose()
 

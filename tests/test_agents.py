@@ -16,6 +16,8 @@ NUMBER = "+14155550100"
 AGENT_KEYS = {
     "id", "name", "projectId", "systemInstruction", "voice_id", "phoneNumber", "firstMessage",
     "language", "maxCallDurationSeconds", "analysisQuestions", "created_at", "updated_at",
+    # Additions beyond the docs (optional; their defaults change nothing for old clients).
+    "transferNumber", "transferMode", "tools", "voicemailMessage", "successCriteria",
 }  # fmt: skip
 
 
@@ -58,6 +60,8 @@ async def test_create_minimal_gets_defaults(client, key, project, app):
     assert agent["projectId"] == project
     assert agent["phoneNumber"] is None and agent["firstMessage"] is None
     assert agent["language"] == "en-US" and agent["maxCallDurationSeconds"] == 600
+    assert (agent["transferNumber"], agent["transferMode"], agent["tools"]) == (None, "cold", [])
+    assert agent["voicemailMessage"] is None and agent["successCriteria"] is None
     assert agent["analysisQuestions"] == []
     first_voice = (await client.get("/voices", headers=key)).json()["voices"][0]["voice_id"]
     assert agent["voice_id"] == first_voice

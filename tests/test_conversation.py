@@ -191,7 +191,8 @@ async def test_a_whole_call_from_dial_to_transcript_to_analysis_to_webhook(
     assert await relay.reply() == ", we have Friday open."
     [first] = await llm.wait_for_requests(1)
     assert first.stream and first.model == "gpt-4o-mini"
-    assert [t["function"]["name"] for t in first.tools] == ["end_call"]
+    # An outbound call may meet an automated menu: the agent can press keys.
+    assert [t["function"]["name"] for t in first.tools] == ["end_call", "press_digits"]
     roles = [(m["role"], m["content"]) for m in first.messages]
     assert roles[0][0] == "system" and "calling John." in roles[0][1]
     assert roles[1:] == [

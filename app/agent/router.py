@@ -37,7 +37,9 @@ async def create_agent(
         fields=body.model_dump(exclude={"projectId", "phoneNumber"}),
         phone_number=body.phoneNumber,
     )
-    return AgentDataOut(message="successfully created agent.", data=AgentOut.of(agent, number))
+    out = AgentOut.of(agent, number)
+    out.webhookSecret = service.ensure_signing_secret(project, agent)
+    return AgentDataOut(message="successfully created agent.", data=out)
 
 
 @router.post("", response_model=AgentOut, responses=error_responses(401, 404))
@@ -61,6 +63,7 @@ async def update_agent(
         ctx, session, user=user, project=project, agent=agent, changes=changes, phone_number=phone
     )
     out = AgentOut.of(agent, await number_of_agent(session, agent.id))
+    out.webhookSecret = service.ensure_signing_secret(project, agent)
     return UpdatedAgentOut(**out.model_dump(), agentId=out.id)
 
 

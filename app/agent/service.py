@@ -15,6 +15,8 @@ from app.models import Agent, PhoneNumber, Project, User
 from app.phone import to_e164
 from app.phone_number.release import clear_voice_urls
 from app.phone_number.service import assign_number, release_agent_number
+from app.project.service import new_webhook_secret
+from app.project.webhook_url import validate_webhook_url
 
 # API field -> model attribute, for the fields PUT /agent may change.
 _FIELDS = {
@@ -25,6 +27,11 @@ _FIELDS = {
     "language": "language",
     "maxCallDurationSeconds": "max_call_duration_seconds",
     "analysisQuestions": "analysis_questions",
+    "transferNumber": "transfer_number",
+    "transferMode": "transfer_mode",
+    "tools": "tools",
+    "voicemailMessage": "voicemail_message",
+    "successCriteria": "success_criteria",
 }
 
 
@@ -55,6 +62,7 @@ async def create_agent(
 ) -> tuple[Agent, str | None]:
     if phone_number is not None:
         to_e164(phone_number, field="phoneNumber")  # a bad number is a 400 before anything else
+    extras = await _checked_extras(ctx, fields)
     voice_id = fields.get("voice_id")
     if voice_id is not None:
         await _check_voice(ctx, voice_id)
@@ -69,6 +77,8 @@ async def create_agent(
         language=fields.get("language") or "en-US",
         max_call_duration_seconds=fields.get("maxCallDurationSeconds") or 600,
         analysis_questions=_questions(fields.get("analysisQuestions")),
+        transfer_mode=fields.get("transferMode") or "cold",
+        **extras,
     )
     session.add(agent)
     await session.flush()
@@ -79,6 +89,52 @@ async def create_agent(
         )
         number = assigned.e164
     return agent, number
+
+
+async def _checked_extras(ctx: AppContext, fields: dict[str, Any]) -> dict[str, Any]:
+    """The model values of the optional abilities that were given, checked: the transfer
+    number in E.164, each tool's URL allowed as a webhook's would be (no private hosts)."""
+    out: dict[str, Any] = {}
+    if "transferNumber" in fields:
+        raw = fields["transferNumber"]
+        out["transfer_number"] = None if raw is None else to_e164(raw, field="transferNumber")
+    if "tools" in fields and fields["tools"] is not None:
+        tools = _plain(fields["tools"])
+        for i, tool in enumerate(tools):
+            try:
+                tool["url"] = await validate_webhook_url(
+                    tool["url"], allow_private=ctx.settings.webhook_allow_private_hosts
+                )
+            except BadRequest as exc:
+                reason = exc.message.removeprefix("webhookURL ")
+                raise BadRequest(
+                    f"tools[{i}].url {reason}",
+                    code="INVALID_TOOL_URL",
+                    errors=[{"field": f"tools.{i}.url", "message": reason}],
+                ) from exc
+        out["tools"] = tools
+    for key in ("voicemailMessage", "successCriteria"):
+        if key in fields:
+            out[_FIELDS[key]] = fields[key]
+    return out
+
+
+def ensure_signing_secret(project: Project, agent: Agent) -> str | None:
+    """Tool requests are signed like webhook deliveries, with the project's secret: made here
+    for a project that has none yet (returned once, to be shown once)."""
+    if agent.tools and project.webhook_secret is None:
+        project.webhook_secret = new_webhook_secret()
+        project.updated_at = utcnow()
+        return project.webhook_secret
+    return None
+
+
+def _plain(items: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for item in items:
+        data = item.model_dump() if isinstance(item, BaseModel) else dict(item)
+        out.append({k: v for k, v in data.items() if v is not None})
+    return out
 
 
 def _questions(raw: list[Any] | None) -> list[dict[str, Any]]:
@@ -102,13 +158,20 @@ async def update_agent(
     if not changes and phone_number is None:
         raise BadRequest(
             "Nothing to update: give at least one of name, systemInstruction, voice_id, "
-            "firstMessage, language, maxCallDurationSeconds, analysisQuestions, phoneNumber.",
+            "firstMessage, language, maxCallDurationSeconds, analysisQuestions, phoneNumber, "
+            "transferNumber, transferMode, tools, voicemailMessage, successCriteria.",
             code="NOTHING_TO_UPDATE",
         )
     if "voice_id" in changes:
         await _check_voice(ctx, changes["voice_id"])
+    extras = await _checked_extras(ctx, changes)
     for key, value in changes.items():
-        setattr(agent, _FIELDS[key], _questions(value) if key == "analysisQuestions" else value)
+        attribute = _FIELDS[key]
+        if attribute in extras:
+            value = extras[attribute]
+        elif key == "analysisQuestions":
+            value = _questions(value)
+        setattr(agent, attribute, value)
     agent.updated_at = utcnow()
     await session.flush()
     if phone_number is not None:

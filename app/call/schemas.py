@@ -46,6 +46,7 @@ CALL_EXAMPLE: dict[str, Any] = {
     "batchId": None,
     "answeredBy": "human",
     "endedReason": None,
+    "transferredTo": None,
     "transcript": [],
 }
 
@@ -146,6 +147,8 @@ class CallOut(BaseModel):
     batchId: str | None
     answeredBy: str | None
     endedReason: str | None
+    # The human the agent transferred the call to (endedReason `transferred`).
+    transferredTo: str | None = None
     transcript: list[dict[str, Any]]
 
     model_config = ConfigDict(populate_by_name=True, json_schema_extra={"example": CALL_EXAMPLE})
@@ -170,6 +173,7 @@ class CallOut(BaseModel):
             batchId=str(call.batch_id) if call.batch_id else None,
             answeredBy=call.answered_by,
             endedReason=call.ended_reason,
+            transferredTo=call.transferred_to,
             transcript=list(call.transcript),
         )
 
@@ -260,6 +264,8 @@ class AnalysisAnswer(BaseModel):
 class Analysis(BaseModel):
     summary: str
     sentiment: Literal["positive", "neutral", "negative"]
+    # Judged against the agent's successCriteria (present only when the agent has them).
+    successful: bool | None = Field(default=None, exclude_if=lambda v: v is None)
     answers: list[AnalysisAnswer]
 
 
@@ -276,6 +282,7 @@ class AnalysisOut(BaseModel):
                 "analysis": {
                     "summary": "The agent presented the offer; the user wants two units.",
                     "sentiment": "positive",
+                    "successful": True,
                     "answers": [
                         {"question": "Is the user interested in buying the product?",
                          "type": "Boolean", "answer": "Yes"},

@@ -78,11 +78,13 @@ async def prepare_call(
             code="VALIDATION_ERROR",
             errors=[{"field": "number", "message": "is required"}],
         )
-    missing = missing_variables([agent.system_instruction, agent.first_message], variables)
+    missing = missing_variables(
+        [agent.system_instruction, agent.first_message, agent.voicemail_message], variables
+    )
     if missing:
         raise BadRequest(
             f"dynamicVariables is missing {', '.join(missing)}, used by the agent's "
-            "systemInstruction or firstMessage.",
+            "systemInstruction, firstMessage or voicemailMessage.",
             code="MISSING_VARIABLES",
             missing=missing,
         )
@@ -106,7 +108,11 @@ def hubspot_properties(agent: Agent) -> list[str]:
     prefix = hubspot.VARIABLE_PREFIX
     return [
         name[len(prefix) :]
-        for name in placeholders(agent.system_instruction) + placeholders(agent.first_message)
+        for name in (
+            placeholders(agent.system_instruction)
+            + placeholders(agent.first_message)
+            + placeholders(agent.voicemail_message)
+        )
         if name.startswith(prefix)
     ]
 
@@ -152,6 +158,7 @@ async def place_call(
             recording_status_callback=callback_url(ctx, call.id, "recording"),
             amd_callback=callback_url(ctx, call.id, "amd"),
             time_limit_seconds=prepared.agent.max_call_duration_seconds,
+            detect_message_end=bool(prepared.agent.voicemail_message),
         )
     except AppError as exc:
         async with ctx.sessionmaker() as session:

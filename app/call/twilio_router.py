@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.call import callbacks
+from app.conversation import voicemail
 from app.conversation.documents import relay_twiml
 from app.deps import CtxDep, SessionDep
 from app.errors import BadRequest, Forbidden
@@ -130,4 +131,5 @@ async def call_amd(call_id: uuid.UUID, params: Params, session: SessionDep) -> R
     call = await _load(session, call_id, params)
     if call is not None:
         await callbacks.apply_amd(session, call, params)
+        await voicemail.after_amd(session, call, params)
     return Response(status_code=204)

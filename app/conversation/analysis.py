@@ -43,10 +43,13 @@ class LLMUnavailable(UpstreamError):
     code = "LLM_UNAVAILABLE"
 
 
-def questions_key(questions: Sequence[Question], model: str) -> str:
-    canonical = json.dumps(
-        {"model": model, "questions": list(questions)}, sort_keys=True, separators=(",", ":")
-    )
+def questions_key(
+    questions: Sequence[Question], model: str, success_criteria: str | None = None
+) -> str:
+    asked: dict[str, Any] = {"model": model, "questions": list(questions)}
+    if success_criteria:
+        asked["successCriteria"] = success_criteria  # absent: the keys stored before stay valid
+    canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -62,22 +65,30 @@ def _answer_schema(question: Question) -> dict[str, Any]:
     return {"type": "string", "description": description}
 
 
-def answer_schema(questions: Sequence[Question]) -> dict[str, Any]:
+def answer_schema(
+    questions: Sequence[Question], success_criteria: str | None = None
+) -> dict[str, Any]:
     """The JSON schema of the analysis: strict (every property required, nothing else)."""
     answers = {f"q{i + 1}": _answer_schema(q) for i, q in enumerate(questions)}
+    properties: dict[str, Any] = {
+        "summary": {"type": "string", "description": "Two or three sentences."},
+        "sentiment": {"type": "string", "enum": list(SENTIMENTS)},
+    }
+    if success_criteria:
+        properties["successful"] = {
+            "type": "boolean",
+            "description": "Whether the call met the success criteria.",
+        }
+    properties["answers"] = {
+        "type": "object",
+        "properties": answers,
+        "required": list(answers),
+        "additionalProperties": False,
+    }
     return {
         "type": "object",
-        "properties": {
-            "summary": {"type": "string", "description": "Two or three sentences."},
-            "sentiment": {"type": "string", "enum": list(SENTIMENTS)},
-            "answers": {
-                "type": "object",
-                "properties": answers,
-                "required": list(answers),
-                "additionalProperties": False,
-            },
-        },
-        "required": ["summary", "sentiment", "answers"],
+        "properties": properties,
+        "required": list(properties),
         "additionalProperties": False,
     }
 
@@ -90,6 +101,8 @@ def render_transcript(transcript: Sequence[dict[str, Any]]) -> str:
                 lines.append(f"Callee: (pressed {turn['dtmf']} on the keypad)")
             else:
                 lines.append(f"Callee: {turn.get('text', '')}")
+        elif turn.get("role") == "tool":
+            lines.append(f"(The agent used {turn.get('name', 'a tool')}: {turn.get('result', '')})")
         else:
             cut = " (interrupted by the callee)" if turn.get("interrupted") else ""
             lines.append(f"Agent{cut}: {turn.get('text', '')}")
@@ -97,7 +110,9 @@ def render_transcript(transcript: Sequence[dict[str, Any]]) -> str:
 
 
 def analysis_messages(
-    transcript: Sequence[dict[str, Any]], questions: Sequence[Question]
+    transcript: Sequence[dict[str, Any]],
+    questions: Sequence[Question],
+    success_criteria: str | None = None,
 ) -> list[Message]:
     asked = "\n".join(
         f"q{i + 1} ({q['type']}): {q['question']}"
@@ -111,7 +126,14 @@ def analysis_messages(
         "with a number (0 when the call gives none); Selector questions with exactly one of "
         "their options."
     )
+    if success_criteria:
+        instructions += (
+            " Judge whether the call was successful: true only if it met the success "
+            "criteria the user gives."
+        )
     content = f"Transcript:\n{render_transcript(transcript)}"
+    if success_criteria:
+        content += f"\n\nSuccess criteria:\n{success_criteria}"
     if asked:
         content += f"\n\nQuestions:\n{asked}"
     return [{"role": "system", "content": instructions}, {"role": "user", "content": content}]
@@ -151,7 +173,9 @@ def _answer(question: Question, raw: Any) -> Any:
     )
 
 
-def shape(raw: dict[str, Any], questions: Sequence[Question]) -> dict[str, Any]:
+def shape(
+    raw: dict[str, Any], questions: Sequence[Question], success_criteria: str | None = None
+) -> dict[str, Any]:
     """The analysis as the API shows it, with every answer checked against its question."""
     sentiment = str(raw.get("sentiment", "")).strip().lower()
     if sentiment not in SENTIMENTS:
@@ -170,18 +194,28 @@ def shape(raw: dict[str, Any], questions: Sequence[Question]) -> dict[str, Any]:
         answers.append(
             {"question": q["question"], "type": q["type"], "answer": _answer(q, given[key])}
         )
-    return {"summary": summary.strip(), "sentiment": sentiment, "answers": answers}
+    result: dict[str, Any] = {"summary": summary.strip(), "sentiment": sentiment}
+    if success_criteria:
+        successful = raw.get("successful")
+        if not isinstance(successful, bool):
+            raise LLMError(f"the LLM's success verdict {successful!r} is not true or false")
+        result["successful"] = successful
+    result["answers"] = answers
+    return result
 
 
 async def analyse(
-    llm: LanguageModel, transcript: Sequence[dict[str, Any]], questions: Sequence[Question]
+    llm: LanguageModel,
+    transcript: Sequence[dict[str, Any]],
+    questions: Sequence[Question],
+    success_criteria: str | None = None,
 ) -> dict[str, Any]:
     raw = await llm.structured(
-        analysis_messages(transcript, questions),
+        analysis_messages(transcript, questions, success_criteria),
         name="call_analysis",
-        schema=answer_schema(questions),
+        schema=answer_schema(questions, success_criteria),
     )
-    return shape(raw, questions)
+    return shape(raw, questions, success_criteria)
 
 
 def has_conversation(transcript: Sequence[dict[str, Any]]) -> bool:
@@ -203,14 +237,15 @@ async def run_analysis_job(ctx: AppContext, job: Any) -> None:
             raise RetryLater(delay=5.0 * job.attempts, reason="waiting for the final status")
         agent = await session.get(Agent, call.agent_id) if call.agent_id else None
         questions = list(agent.analysis_questions) if agent is not None else []
+        criteria = agent.success_criteria if agent is not None else None
         transcript = list(call.transcript)
     try:
-        result = await analyse(ctx.llm, transcript, questions)
+        result = await analyse(ctx.llm, transcript, questions, criteria)
     except LLMError as exc:
         if job.attempts >= job.max_attempts:  # no analysis: HubSpot still gets the call
             await hubspot_jobs.analysis_gave_up(ctx, call_id)
         raise RetryLater(delay=None, reason=str(exc)) from exc
-    key = questions_key(questions, ctx.llm.model)
+    key = questions_key(questions, ctx.llm.model, criteria)
     async with ctx.sessionmaker() as session, session.begin():
         call = await session.get(Call, call_id, with_for_update=True)
         if call is None:
@@ -270,10 +305,12 @@ async def analysis_on_demand(
         raise Conflict("The call has no transcript to analyse.", code="NO_TRANSCRIPT")
     call_id = call.id
     async with ctx.sessionmaker() as session:
+        # The agent's success criteria judge every analysis of its calls.
+        agent = await session.get(Agent, call.agent_id) if call.agent_id else None
+        criteria = agent.success_criteria if agent is not None else None
         if not questions:
-            agent = await session.get(Agent, call.agent_id) if call.agent_id else None
             questions = list(agent.analysis_questions) if agent is not None else []
-        key = questions_key(questions, ctx.llm.model)
+        key = questions_key(questions, ctx.llm.model, criteria)
         cached = await session.scalar(
             select(CallAnalysis.result).where(
                 CallAnalysis.call_id == call_id, CallAnalysis.questions_key == key
@@ -282,7 +319,7 @@ async def analysis_on_demand(
     if cached is not None:
         return dict(cached)
     try:
-        result = await analyse(ctx.llm, list(call.transcript), questions)
+        result = await analyse(ctx.llm, list(call.transcript), questions, criteria)
     except LLMError as exc:
         log.warning("analysis of call %s failed: %s", call.call_sid, exc)
         raise LLMUnavailable("The language model could not analyse the call; try again.") from exc

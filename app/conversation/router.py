@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Response, WebSocket, WebSocketDisconnect
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,6 +27,7 @@ from app.call.jobs import schedule_check
 from app.call.render import PLACEHOLDER
 from app.call.twilio_router import _SIGNED, Params
 from app.context import AppContext
+from app.conversation import transfer, voicemail
 from app.conversation.analysis import ANALYZE_JOB, has_conversation
 from app.conversation.documents import RELAY_PATH, relay_twiml, ws_base
 from app.conversation.session import Conversation, Script, Timing
@@ -71,7 +72,7 @@ async def relay(websocket: WebSocket, call_id: uuid.UUID) -> None:
         log.warning("relay socket for unknown or finished call %s refused", call_id)
         await websocket.close(code=_POLICY)
         return
-    call, agent = loaded
+    call, agent, secret = loaded
     await websocket.accept()
     # A call may have had a relay session before this one (its TwiML fetched again, a socket
     # reconnected): this session's turns follow that one's, which the agent remembers.
@@ -84,6 +85,10 @@ async def relay(websocket: WebSocket, call_id: uuid.UUID) -> None:
             first_message=call.first_message,
             language=agent.language,
             max_duration_seconds=agent.max_call_duration_seconds,
+            transfer_number=agent.transfer_number,
+            transfer_mode=agent.transfer_mode,
+            tools=tuple(agent.tools),
+            keypad=call.direction == "outbound",
         ),
         ctx.llm,
         _sender(websocket),
@@ -93,6 +98,7 @@ async def relay(websocket: WebSocket, call_id: uuid.UUID) -> None:
             speech_chars_per_second=settings.conversation_speech_chars_per_second,
         ),
         on_turn=saver.later,
+        run_tool=_tool_runner(ctx, call, secret) if agent.tools else None,
         earlier=earlier,
     )
     try:
@@ -103,7 +109,8 @@ async def relay(websocket: WebSocket, call_id: uuid.UUID) -> None:
             await websocket.close()
 
 
-async def _live_call(ctx: AppContext, call_id: uuid.UUID) -> tuple[Call, Agent] | None:
+async def _live_call(ctx: AppContext, call_id: uuid.UUID) -> tuple[Call, Agent, str | None] | None:
+    """The call, its agent, and the project's signing secret (for the agent's tools)."""
     async with ctx.sessionmaker() as session:
         call = await session.get(Call, call_id)
         if call is None or call.status in states.FINAL or call.agent_id is None:
@@ -111,7 +118,31 @@ async def _live_call(ctx: AppContext, call_id: uuid.UUID) -> tuple[Call, Agent] 
         agent = await session.get(Agent, call.agent_id)
         if agent is None:
             return None
-        return call, agent
+        secret = None
+        if agent.tools:
+            secret = await session.scalar(
+                select(Project.webhook_secret).where(Project.id == call.project_id)
+            )
+        return call, agent, secret
+
+
+def _tool_runner(ctx: AppContext, call: Call, secret: str | None) -> Any:
+    """Runs the agent's custom tools for this call; each request says which call it is for."""
+    about = {
+        "callSid": call.call_sid,
+        "callId": str(call.id),
+        "agentId": str(call.agent_id),
+        "projectId": str(call.project_id),
+        "direction": call.direction,
+        "from": call.from_number,
+        "to": call.to_number,
+        "dynamicVariables": dict(call.dynamic_variables),
+    }
+
+    async def run(tool: dict[str, Any], arguments: dict[str, Any]) -> str:
+        return await ctx.tool_webhooks.call(tool, arguments, call=about, secret=secret)
+
+    return run
 
 
 def _sender(websocket: WebSocket) -> Any:
@@ -138,6 +169,10 @@ async def _messages(websocket: WebSocket, call_sid: str | None) -> AsyncIterator
             log.warning("relay setup for call %s names another CallSid", call_sid)
             return
         yield message
+
+
+# Once a voicemail message is in the transcript, only `finish` (which keeps it) writes it.
+_NO_MESSAGE_LEFT = or_(Call.ended_reason.is_(None), Call.ended_reason != voicemail.ENDED_REASON)
 
 
 class TranscriptSaver:
@@ -175,7 +210,9 @@ class TranscriptSaver:
                 # A Core statement on a pooled connection: no ORM session to build per turn.
                 async with self._ctx.engine.begin() as conn:
                     await conn.execute(
-                        update(Call).where(Call.id == self._call_id).values(transcript=transcript)
+                        update(Call)
+                        .where(Call.id == self._call_id, _NO_MESSAGE_LEFT)
+                        .values(transcript=transcript)
                     )
                 self._written = version
             except Exception:
@@ -189,6 +226,8 @@ class TranscriptSaver:
             if call is None:
                 return
             transcript = self._earlier + copy.deepcopy(conversation.transcript)
+            # A voicemail message left meanwhile (it replaced this session) stays last.
+            transcript += voicemail.kept_turns(call.transcript[len(self._earlier) :])
             call.transcript = transcript
             reason = conversation.ended_reason
             if reason is not None:
@@ -222,15 +261,58 @@ def _snapshot(transcript: list[dict[str, Any]]) -> list[dict[str, Any]]:
     response_class=Response,
     summary="Relay Ended",
 )
-async def relay_ended(call_id: uuid.UUID, params: Params) -> Response:
-    """ConversationRelay's session is over (the agent or Twilio ended it): hang up."""
+async def relay_ended(
+    call_id: uuid.UUID, params: Params, ctx: CtxDep, session: SessionDep
+) -> Response:
+    """ConversationRelay's session is over: hang up, or hand the callee to the agent's human
+    colleague when the agent transferred the call."""
+    handoff = _handoff(params.get("HandoffData", ""))
     log.info(
-        "relay for call %s ended: %s %s",
+        "relay for call %s ended: %s (%s)",
         call_id,
         params.get("SessionStatus", ""),
-        params.get("HandoffData", ""),
+        handoff.get("reason", "no reason given"),
     )
+    target = handoff.get("transfer")
+    if handoff.get("reason") == transfer.TRANSFERRED and isinstance(target, dict):
+        call = await session.get(Call, call_id, with_for_update=True)
+        agent = await session.get(Agent, call.agent_id) if call and call.agent_id else None
+        # The number comes back from Twilio as we sent it; it is still checked against the
+        # agent's, so the only number ever dialed is one the agent's owner set.
+        if (
+            call is not None
+            and agent is not None
+            and agent.transfer_number
+            and target.get("to") == agent.transfer_number
+            and call.call_sid == params.get("CallSid")
+        ):
+            return _xml(await transfer.hand_over(ctx, session, call, agent, target))
+        log.warning("call %s: a transfer that does not match its agent was refused", call_id)
     return _xml(twiml.hang_up())
+
+
+def _handoff(raw: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+@router.post(
+    "/twilio/calls/{call_id}/transfer-status",
+    status_code=204,
+    responses=_SIGNED,
+    response_class=Response,
+)
+async def transfer_status(
+    call_id: uuid.UUID, params: Params, ctx: CtxDep, session: SessionDep
+) -> Response:
+    """The progress of a warm transfer's call to the human (its own Call SID)."""
+    call = await session.get(Call, call_id)
+    if call is not None:
+        await transfer.human_leg_status(ctx, session, call, params)
+    return Response(status_code=204)
 
 
 @router.post("/twilio/voice/inbound", responses=_SIGNED, response_class=Response)

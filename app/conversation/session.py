@@ -23,28 +23,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.conversation.llm import LanguageModel, LLMError, Message, TextDelta, ToolCall
+from app.conversation.tools import (
+    TRANSCRIPT_RESULT_CHARS,
+    digits_of,
+    filler,
+    tool_specs,
+)
 
 log = logging.getLogger("talkstack.conversation")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 OnTurn = Callable[[list[dict[str, Any]]], Awaitable[None]]
-
-END_CALL_TOOL: dict[str, Any] = {
-    "type": "function",
-    "function": {
-        "name": "end_call",
-        "description": "Hang up the phone call. Use it after saying goodbye, when the "
-        "conversation is over or the callee asks to end it.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "reason": {"type": "string", "description": "Why the call ends, in a few words."}
-            },
-            "required": [],
-            "additionalProperties": False,
-        },
-    },
-}
+# Runs one of the agent's custom tools: (the tool, the LLM's arguments) -> the answer.
+RunTool = Callable[[dict[str, Any], dict[str, Any]], Awaitable[str]]
+# Tool rounds within one agent turn (the LLM calls tools, reads the answers, speaks): a model
+# that keeps calling tools is stopped here.
+MAX_TOOL_ROUNDS = 4
 
 VOICE_GUIDANCE = (
     "You are speaking on a live phone call; your words are turned into speech. Answer in "
@@ -86,6 +80,13 @@ class Script:
     first_message: str | None
     language: str = "en-US"
     max_duration_seconds: float = 600.0
+    # The agent's human colleague (E.164) and how to hand over: "cold" or "warm".
+    transfer_number: str | None = None
+    transfer_mode: str = "cold"
+    # The agent's custom tools (name, description, parameters, url, ...).
+    tools: tuple[dict[str, Any], ...] = ()
+    # Whether the agent may press keys (an outbound call may meet an IVR).
+    keypad: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class Conversation:
         *,
         timing: Timing | None = None,
         on_turn: OnTurn | None = None,
+        run_tool: RunTool | None = None,
         clock: Callable[[], float] = time.monotonic,
         earlier: Sequence[dict[str, Any]] = (),
     ) -> None:
@@ -118,7 +120,14 @@ class Conversation:
         self._send = send
         self.timing = timing or Timing()
         self._on_turn = on_turn
+        self._run_tool = run_tool
         self._clock = clock
+        self._tools = tool_specs(
+            script.tools, transfer=bool(script.transfer_number), keypad=script.keypad
+        )
+        self._custom = {str(t["name"]): t for t in script.tools}
+        # The hand-over the call ends with, when the agent transferred it.
+        self.transfer: dict[str, Any] | None = None
         system = script.system_instruction.strip()
         guidance = VOICE_GUIDANCE.format(language=script.language)
         self.history: list[Message] = [{"role": "system", "content": f"{system}\n\n{guidance}"}]
@@ -253,57 +262,171 @@ class Conversation:
             await task
 
     async def _speak(self, nudge: str | None) -> None:
-        messages = self.history if nudge is None else [*self.history, _system(nudge)]
+        """One agent turn: what the LLM says, and the tools it uses on the way (their answers
+        go back to it, and it goes on), until it has nothing more to do."""
+        reprompt = nudge is not None
+        for round_number in range(MAX_TOOL_ROUNDS + 1):
+            messages = self.history if not reprompt else [*self.history, _system(str(nudge))]
+            # The last round may only speak (or end the call): no more tools.
+            last = round_number == MAX_TOOL_ROUNDS
+            again = await self._round(messages, reprompt=reprompt, last=last)
+            reprompt = False
+            if not again:
+                return
+
+    async def _round(self, messages: list[Message], *, reprompt: bool, last: bool) -> bool:
+        """One LLM request of a turn; True when it used tools (ask the LLM again)."""
         started = _now_iso()
         parts: list[str] = []
-        end_call: ToolCall | None = None
+        calls: list[ToolCall] = []
         turn: dict[str, Any] = {"role": "agent", "text": "", "interrupted": False}
-        if nudge is not None:
+        if reprompt:
             turn["reprompt"] = True
         t_index: int | None = None
+        message: Message | None = None
         try:
-            async for item in self.llm.stream_turn(messages, tools=[END_CALL_TOOL]):
+            tools = self._tools if not last else self._tools[:1]
+            async for item in self.llm.stream_turn(messages, tools=tools):
                 if isinstance(item, TextDelta):
-                    if t_index is None:
+                    if message is None:
                         # The turn exists from its first word: an interrupt may come any time.
-                        message: Message = {"role": "assistant", "content": ""}
+                        message = {"role": "assistant", "content": ""}
                         self.history.append(message)
                         t_index = self._append(turn, started=started)
                         self._speaking = (t_index, len(self.history) - 1)
                     parts.append(item.text)
                     turn["text"] = message["content"] = "".join(parts)
                     await self._send({"type": "text", "token": item.text, "last": False})
-                elif item.name == "end_call":
-                    end_call = item
+                else:
+                    calls.append(item)
             text = "".join(parts)
             if parts:
                 await self._send({"type": "text", "token": "", "last": True})
         except LLMError as exc:
             log.warning("LLM failed mid-call: %s", exc)
             await self._fail(turn, parts, started)
-            return
+            return False
         except asyncio.CancelledError:
             # Cut off: `_on_interrupt` records what the callee actually heard.
             if t_index is not None:
                 turn["endedAt"] = _now_iso()
                 turn["interrupted"] = True
             raise
-        if t_index is None and not end_call:
-            # An empty answer: nothing was said; listen again.
-            self._silent_since = self._clock()
-            return
         if t_index is not None:
             turn["endedAt"] = _now_iso()
             await self._report()
         speech = self.timing.speech_seconds(text)
+        by_name = {c.name: c for c in calls}
+        transfer = by_name.get("transfer_call")
+        if transfer is not None and self.script.transfer_number:
+            self._hand_over(transfer, turn, after=speech)
+            return False
+        end_call = by_name.get("end_call")
         if end_call is not None:
             reason = str(end_call.arguments.get("reason") or "")[:200]
             if reason:
                 turn["endCallReason"] = reason
             self.end("agent-ended", after=speech)
-        else:
-            self._silent_since = self._clock() + speech
+            return False
+        # Everything else is answered and the LLM asked again (a tool it was not offered
+        # included: it is told there is none).
+        work = [c for c in calls if c.name != "end_call"]
+        if not work:
+            # Said something (or, for an empty answer, nothing): listen again.
+            self._silent_since = self._clock() + speech if t_index is not None else self._clock()
             self._changed.set()
+            return False
+        await self._use_tools(work, message, spoke=bool(text))
+        return True
+
+    async def _use_tools(
+        self, calls: list[ToolCall], message: Message | None, *, spoke: bool
+    ) -> None:
+        """Answer each tool call into the history (as the chat-completions API wants: the
+        assistant's tool calls, then one `tool` message per call) and the transcript."""
+        entries = [
+            {
+                "id": call.id or f"call_{i}",
+                "type": "function",
+                "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+            }
+            for i, call in enumerate(calls)
+        ]
+        if message is None:
+            message = {"role": "assistant", "content": None}
+            self.history.append(message)
+        message["tool_calls"] = entries
+        answered = 0
+        try:
+            for call, entry in zip(calls, entries, strict=True):
+                result = await self._tool_result(call, message, spoke=spoke)
+                spoke = True
+                self.history.append(
+                    {"role": "tool", "tool_call_id": entry["id"], "content": result}
+                )
+                answered += 1
+                self._append(
+                    {
+                        "role": "tool",
+                        "name": call.name,
+                        "arguments": call.arguments,
+                        "result": result[:TRANSCRIPT_RESULT_CHARS],
+                    }
+                )
+            await self._report()
+        finally:
+            # Cut off by the callee: every tool call still gets its (unknown) answer, or the
+            # next request's history would be refused.
+            for entry in entries[answered:]:
+                self.history.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": entry["id"],
+                        "content": "Interrupted: the callee spoke before the answer came; "
+                        "the outcome is unknown.",
+                    }
+                )
+
+    async def _tool_result(self, call: ToolCall, message: Message, *, spoke: bool) -> str:
+        if call.name == "press_digits" and self.script.keypad:
+            digits = digits_of(call.arguments)
+            if digits is None:
+                return "Error: digits may only be 0-9, * and # (and w to wait)."
+            await self._send({"type": "sendDigits", "digits": digits})
+            return f"Pressed {digits}."
+        tool = self._custom.get(call.name)
+        if tool is None or self._run_tool is None:
+            return f"Error: there is no tool called {call.name}."
+        if not spoke:
+            # The callee would hear silence while the tool works: a short filler first.
+            said = str(tool.get("fillerMessage") or filler(self.script.language))
+            await self._send({"type": "text", "token": said, "last": True})
+            message["content"] = said
+            self._append({"role": "agent", "text": said, "interrupted": False, "filler": True})
+        return await self._run_tool(dict(tool), dict(call.arguments))
+
+    def _hand_over(self, call: ToolCall, turn: dict[str, Any], *, after: float) -> None:
+        """End the relay session with a transfer: Twilio then asks the Connect action, which
+        dials the agent's transfer number (app/conversation/router.py)."""
+        reason = str(call.arguments.get("reason") or "")[:200]
+        summary = str(call.arguments.get("summary") or "")[:1000]
+        self.transfer = {
+            "to": self.script.transfer_number,
+            "mode": self.script.transfer_mode,
+            "reason": reason,
+            "summary": summary,
+        }
+        self._append(
+            {
+                "role": "tool",
+                "name": "transfer_call",
+                "arguments": call.arguments,
+                "result": f"Transferring to {self.script.transfer_number}.",
+            }
+        )
+        if turn.get("text"):
+            turn["transferReason"] = reason
+        self.end("transferred", after=after, handoff=self.transfer)
 
     async def _fail(self, turn: dict[str, Any], parts: list[str], started: str) -> None:
         """Say a short apology and hang up: never a dead line."""
@@ -320,18 +443,23 @@ class Conversation:
 
     # -- ending ----------------------------------------------------------------------------
 
-    def end(self, reason: str, *, after: float = 0.0) -> None:
+    def end(
+        self, reason: str, *, after: float = 0.0, handoff: dict[str, Any] | None = None
+    ) -> None:
         """End the call once the agent's last words are said (`after` seconds)."""
         if self.ended_reason is not None:
             return
         self.ended_reason = reason
-        self._ending = asyncio.create_task(self._end_after(reason, after), name="relay-end")
+        data: dict[str, Any] = {"reason": reason}
+        if handoff is not None:
+            data["transfer"] = handoff
+        self._ending = asyncio.create_task(self._end_after(data, after), name="relay-end")
 
-    async def _end_after(self, reason: str, delay: float) -> None:
+    async def _end_after(self, data: dict[str, Any], delay: float) -> None:
         try:
             if delay > 0:
                 await asyncio.sleep(delay)
-            await self._send({"type": "end", "handoffData": json.dumps({"reason": reason})})
+            await self._send({"type": "end", "handoffData": json.dumps(data)})
         finally:
             self._done.set()
 

@@ -157,6 +157,9 @@ def body(facts: CallFacts) -> str:
     sentiment = facts.data.get("sentiment")
     if isinstance(sentiment, str) and sentiment:
         parts.append(f"<p><strong>Sentiment</strong>: {_e(sentiment)}</p>")
+    successful = facts.data.get("successful")
+    if isinstance(successful, bool):
+        parts.append(f"<p><strong>Successful</strong>: {'yes' if successful else 'no'}</p>")
     answers = facts.data.get("answers")
     if isinstance(answers, list) and answers:
         items = "".join(
@@ -190,6 +193,9 @@ def transcript_lines(transcript: Sequence[dict[str, Any]]) -> list[str]:
                 else str(turn.get("text", ""))
             )
             lines.append(f"<strong>Callee</strong>: {_e(said)}")
+        elif turn.get("role") == "tool":
+            used = f"(used {turn.get('name', 'a tool')}: {turn.get('result', '')})"
+            lines.append(f"<strong>Agent</strong>: {_e(used)}")
         else:
             cut = " (interrupted)" if turn.get("interrupted") else ""
             lines.append(f"<strong>Agent</strong>{cut}: {_e(str(turn.get('text', '')))}")

@@ -13,7 +13,7 @@ from app.batch.lifecycle import DIAL_JOB
 from app.call import callbacks
 from app.call.jobs import CHECK_JOB, check_call, fetch_price
 from app.context import AppContext
-from app.conversation import analysis
+from app.conversation import analysis, voicemail
 from app.db import make_engine, make_sessionmaker
 from app.hubspot import jobs as hubspot_jobs
 from app.jobs import webhooks
@@ -39,6 +39,7 @@ async def job_handlers(ctx: AppContext) -> AsyncIterator[dict[str, Handler]]:
             callbacks.PRICE_JOB: partial(fetch_price, ctx),
             CHECK_JOB: partial(check_call, ctx),
             analysis.ANALYZE_JOB: partial(analysis.run_analysis_job, ctx),
+            voicemail.VOICEMAIL_JOB: partial(voicemail.leave_message, ctx),
             hubspot_jobs.SYNC_JOB: partial(hubspot_jobs.run_sync_job, ctx),
             DIAL_JOB: BatchDialer(ctx, pacer),
             outcome.OUTCOME_JOB: partial(outcome.decide, ctx),

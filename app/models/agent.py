@@ -27,6 +27,18 @@ class Agent(TimestampMixin, Base):
     analysis_questions: Mapped[list[dict[str, Any]]] = mapped_column(
         JSON, nullable=False, default=list
     )
+    # Optional abilities beyond the Talkstack docs (additive): a human to transfer to, webhook
+    # tools the LLM may call, a message left on answering machines, and what a successful
+    # call is (judged by the post-call analysis).
+    transfer_number: Mapped[str | None] = mapped_column(String(16))
+    transfer_mode: Mapped[str] = mapped_column(
+        String(8), nullable=False, default="cold", server_default="cold"
+    )
+    tools: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSON, nullable=False, default=list, server_default="[]"
+    )
+    voicemail_message: Mapped[str | None] = mapped_column(Text)
+    success_criteria: Mapped[str | None] = mapped_column(Text)
     # Soft delete: calls keep pointing at the agent that made them.
     is_deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

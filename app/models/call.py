@@ -60,6 +60,8 @@ class Call(TimestampMixin, Base):
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # HubSpot (app/hubspot): the contact called (given to makeCall, or found by the number) and
     # the call engagement logged for this call, so a retried sync updates instead of duplicating.
+    # The human the agent handed the call to (the agent's transferNumber at the time).
+    transferred_to: Mapped[str | None] = mapped_column(String(16))
     hubspot_contact_id: Mapped[str | None] = mapped_column(String(32))
     hubspot_call_id: Mapped[str | None] = mapped_column(String(32))
     # When a HubSpot sync last read this call: a recording that comes later needs another sync,

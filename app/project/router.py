@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Query
 
 from app.deps import CtxDep, CurrentUser, SessionDep
-from app.jobs.webhooks import MAX_ATTEMPTS
+from app.jobs.webhooks import MAX_ATTEMPTS, CallEvent
 from app.models import Project
 from app.project import deliveries, service
 from app.project.schemas import (
@@ -169,7 +169,7 @@ async def list_webhook_deliveries(
     session: SessionDep,
     pageSize: Annotated[int, Query(ge=1, le=100)] = 20,
     pageToken: Annotated[str | None, Query(max_length=1000)] = None,
-    event: Annotated[Literal["call.status", "call.analyzed"] | None, Query()] = None,
+    event: Annotated[CallEvent | None, Query()] = None,
     status: Annotated[DeliveryStatus | None, Query()] = None,
 ) -> DeliveryListOut:
     """The project's webhook deliveries, newest first, pageSize at a time; pass nextPageToken."""

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
 
+from app.jobs.webhooks import CallEvent
 from app.schemas import Strict
 from app.timefmt import iso_ms
 
@@ -284,7 +285,7 @@ DeliveryStatus = Literal["pending", "delivered", "failed", "dead"]
 class DeliveryOut(BaseModel):
     id: str
     eventId: str = Field(description="The body's `id`, the same on every attempt and redelivery.")
-    event: Literal["call.status", "call.analyzed"]
+    event: CallEvent
     callSid: str | None
     status: DeliveryStatus = Field(
         description="pending: not tried yet; delivered: the receiver answered 2xx; failed: the "

@@ -278,11 +278,13 @@ class TwilioAdapter:
         recording_status_callback: str,
         amd_callback: str,
         time_limit_seconds: int,
+        detect_message_end: bool = False,
     ) -> PlacedCall:
         """Dial `to` from `from_`; Twilio fetches TwiML from `twiml_url` when it connects.
 
         Every progress event, the finished recording and the async AMD verdict come back to
-        the given callback URLs (POST, signed).
+        the given callback URLs (POST, signed). `detect_message_end`: an answering machine's
+        verdict waits for the end of its greeting (the beep), to leave a message after it.
         """
         with self._errors():
             call = await self._client.calls.create_async(
@@ -298,7 +300,7 @@ class TwilioAdapter:
                 recording_status_callback_method="POST",
                 recording_status_callback_event=["completed"],
                 # Async: the callee hears the agent at once instead of AMD's silence.
-                machine_detection="Enable",
+                machine_detection="DetectMessageEnd" if detect_message_end else "Enable",
                 async_amd="true",
                 async_amd_status_callback=amd_callback,
                 async_amd_status_callback_method="POST",
@@ -347,6 +349,28 @@ class TwilioAdapter:
                 if len(found) >= limit:
                     break
         return found
+
+    async def call_with_twiml(
+        self, *, to: str, from_: str, twiml: str, status_callback: str, ring_seconds: int = 30
+    ) -> PlacedCall:
+        """Dial `to` and run `twiml` when answered (the human leg of a warm transfer): no
+        recording or machine detection of its own; its progress comes to `status_callback`."""
+        with self._errors():
+            call = await self._client.calls.create_async(
+                to=to,
+                from_=from_,
+                twiml=twiml,
+                status_callback=status_callback,
+                status_callback_method="POST",
+                status_callback_event=list(STATUS_CALLBACK_EVENTS),
+                timeout=ring_seconds,
+            )
+        return PlacedCall(sid=str(call.sid), status=str(call.status or "queued"))
+
+    async def redirect_call(self, sid: str, twiml: str) -> None:
+        """Replace what a live call is doing with `twiml` (its relay session ends)."""
+        with self._errors():
+            await self._client.calls(sid).update_async(twiml=twiml)
 
     async def end_call(self, sid: str) -> None:
         """Hang up: an answered call completes, a queued or ringing one is canceled."""

@@ -64,3 +64,30 @@ def say_and_hang_up(text: str | None, language: str = "en-US") -> str:
 
 def hang_up() -> str:
     return say_and_hang_up(None)
+
+
+def dial(number: str, *, caller_id: str, timeout_seconds: int = 30) -> str:
+    """`<Dial>` the number (a cold transfer): the call goes on between the two people, and
+    ends when either hangs up."""
+    response = VoiceResponse()
+    response.dial(number, caller_id=caller_id, timeout=timeout_seconds, answer_on_bridge=True)
+    return str(response.to_xml())
+
+
+def conference(
+    name: str, *, starts_it: bool, briefing: str | None = None, language: str = "en-US"
+) -> str:
+    """Join conference `name` (a warm transfer): the callee waits in it with hold music
+    (`starts_it` False) until the human, briefed first, joins and starts it. Either leaving
+    ends it."""
+    response = VoiceResponse()
+    if briefing:
+        response.say(briefing, language=language)
+    dial = response.dial()
+    dial.conference(
+        name,
+        start_conference_on_enter=starts_it,
+        end_conference_on_exit=True,
+        beep=False,
+    )
+    return str(response.to_xml())

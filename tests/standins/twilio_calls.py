@@ -229,11 +229,14 @@ class CallsResource:
             return wire.twilio_error(
                 400, 20001, f"Status must be 'canceled' or 'completed', not {status}"
             )
+        redirect = form.get("Twiml") or form.get("Url")
         with self._lock:
             call = self._calls.get(match["sid"])
             if call is None:
                 return wire.not_found(request)
             current = call.record["status"]
+            if redirect is not None and current in FINAL:
+                return wire.twilio_error(400, 21220, "Call is not in-progress. Cannot redirect.")
             # `canceled` only stops a call that is not answered yet; `completed` hangs up
             # either way. A finished call stays as it is.
             if current in ("queued", "ringing") and status is not None:

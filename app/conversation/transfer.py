@@ -1,0 +1,98 @@
+"""Handing a call to the agent's human colleague (its `transferNumber`).
+
+The agent's `transfer_call` tool ends the relay session with a transfer handoff; Twilio then asks
+the session's Connect action (app/conversation/router.py), whose answer is decided here:
+
+- cold: `<Dial>` the number; the two people talk, the agent is gone.
+- warm: the callee waits in a conference (hold music) while the server calls the human, whose
+  leg first hears a briefing (the summary the agent gave with the tool call), then joins and
+  starts the conference. If the human's leg ends unanswered (busy, no answer, failed), the
+  callee is told so and the call ends `transfer-failed`: never a caller on hold forever. If
+  Twilio refuses to call the human, the transfer falls back to cold.
+
+The call records the target (`transferredTo`) and ends `transferred`; the project's webhook
+gets a `call.transferred` event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.call.events import call_changed
+from app.context import AppContext
+from app.errors import AppError
+from app.models import Agent, Call
+from app.telephony import twiml
+
+log = logging.getLogger("talkstack.conversation.transfer")
+
+TRANSFERRED = "transferred"
+FAILED = "transfer-failed"
+# The human's leg ended without answering.
+UNANSWERED = frozenset({"busy", "no-answer", "failed", "canceled"})
+NOBODY = "I'm sorry, nobody could take your call right now. We will get back to you. Goodbye."
+
+
+def our_number(call: Call) -> str:
+    """The Twilio number of ours on the call: the caller id of the human's leg."""
+    return call.from_number if call.direction == "outbound" else call.to_number
+
+
+def briefing(call: Call, handoff: Mapping[str, Any]) -> str:
+    other = call.to_number if call.direction == "outbound" else call.from_number
+    summary = str(handoff.get("summary") or handoff.get("reason") or "").strip()
+    return f"Transferred call with {' '.join(other)}. {summary}".strip()
+
+
+async def hand_over(
+    ctx: AppContext, session: AsyncSession, call: Call, agent: Agent, handoff: Mapping[str, Any]
+) -> str:
+    """Record the transfer and answer the TwiML that carries it out (`call` is locked)."""
+    number = agent.transfer_number
+    assert number is not None
+    call.transferred_to = number
+    call.ended_reason = TRANSFERRED
+    await call_changed(session, call, "call.transferred")
+    if agent.transfer_mode == "warm" and ctx.telephony is not None:
+        room = f"talkstack-{call.id}"
+        base = ctx.settings.public_base_url
+        try:
+            await ctx.telephony.call_with_twiml(
+                to=number,
+                from_=our_number(call),
+                twiml=twiml.conference(
+                    room, starts_it=True, briefing=briefing(call, handoff), language=agent.language
+                ),
+                status_callback=f"{base}/twilio/calls/{call.id}/transfer-status",
+            )
+        except AppError as exc:
+            log.warning("call %s: the warm transfer's call failed (%s); cold", call.id, exc.message)
+        else:
+            log.info("call %s: warm transfer, the callee waits for the human", call.id)
+            return twiml.conference(room, starts_it=False)
+    log.info("call %s: transferred", call.id)
+    return twiml.dial(number, caller_id=our_number(call))
+
+
+async def human_leg_status(
+    ctx: AppContext, session: AsyncSession, call: Call, params: Mapping[str, str]
+) -> None:
+    """The human's leg of a warm transfer moved on: if it ended unanswered, the waiting callee
+    is told and the call ends."""
+    if params.get("CallStatus") not in UNANSWERED or call.ended_reason != TRANSFERRED:
+        return
+    if ctx.telephony is None or call.call_sid is None:
+        return
+    agent = await session.get(Agent, call.agent_id) if call.agent_id else None
+    language = agent.language if agent is not None else "en-US"
+    try:
+        await ctx.telephony.redirect_call(call.call_sid, twiml.say_and_hang_up(NOBODY, language))
+    except AppError as exc:
+        log.info("call %s: the callee left before the transfer failed (%s)", call.id, exc.message)
+    log.info("call %s: the human did not answer (%s)", call.id, params.get("CallStatus"))
+    call.ended_reason = FAILED
+    await call_changed(session, call)
