@@ -513,6 +513,33 @@ async def test_a_requeued_row_whose_first_call_shows_up_is_adopted_not_redialed(
     assert (row.state, row.call_sid) == ("dialed", sid)
 
 
+async def test_rows_of_an_agent_that_leaves_voicemail_fill_its_message_and_wait_for_the_beep(
+    app, client, setup, twilio_standin
+):
+    r = await client.put(
+        "/agent",
+        json={"projectId": setup.project, "agentId": setup.agent,
+              "voicemailMessage": "Hi {{name}}, call us back on {{callback}}."},
+        headers=setup.key,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    content = csv_of(
+        [
+            ["number", "name", "topic", "callback"],
+            ["+14155551000", "Ann", "a", "555-0100"],
+            ["+14155551001", "Bob", "b", ""],  # the message could not be said
+        ]
+    )
+    r = await upload(client, setup, content)
+    assert r.json()["batch"]["rejected"] == [
+        {"row": 3, "number": "+14155551001", "error": "missing variables: callback"}
+    ]
+    await finished(client, setup, r.json()["batch"]["id"])
+    [created] = twilio_standin.created_calls
+    assert created["To"] == ["+14155551000"]
+    assert created["MachineDetection"] == ["DetectMessageEnd"]
+
+
 # -- reading and canceling ------------------------------------------------------------------
 
 

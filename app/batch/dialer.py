@@ -137,6 +137,8 @@ class Claim:
     from_: str
     max_seconds: int
     claimed_at: datetime
+    # The agent leaves a voicemail message: machine detection waits for the greeting's end.
+    voicemail: bool = False
 
 
 @dataclass
@@ -325,6 +327,7 @@ class BatchDialer:
                 from_=call.from_number,
                 max_seconds=agent.max_call_duration_seconds,
                 claimed_at=now,
+                voicemail=bool(agent.voicemail_message),
             )
 
     async def resolve(self, row_id: uuid.UUID) -> None:
@@ -351,7 +354,9 @@ class BatchDialer:
                 await session.commit()
                 return
             merged = {**variables, **row.variables}
-            missing = missing_variables([agent.system_instruction, agent.first_message], merged)
+            missing = missing_variables(
+                [agent.system_instruction, agent.first_message, agent.voicemail_message], merged
+            )
             if missing:
                 row.state, row.error = "failed", f"missing variables: {', '.join(missing)}"
             else:
@@ -374,6 +379,7 @@ class BatchDialer:
                 recording_status_callback=callback_url(ctx, claim.call_id, "recording"),
                 amd_callback=callback_url(ctx, claim.call_id, "amd"),
                 time_limit_seconds=claim.max_seconds,
+                detect_message_end=claim.voicemail,
             )
         except TwilioRejected as exc:
             await self._refused(claim, exc)

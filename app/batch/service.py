@@ -80,7 +80,7 @@ def check_rows(
     """Each row checked as makeCall would check it. A row may name a HubSpot contact
     (`hubspotContactId`) instead of a number: its number and `hubspot.*` variables are read
     from HubSpot when it is dialed."""
-    templates = [agent.system_instruction, agent.first_message]
+    templates = [agent.system_instruction, agent.first_message, agent.voicemail_message]
     count = 0
     for line, cells in rows:
         count += 1
