@@ -503,8 +503,35 @@ def fake_llm(cpu: int, interval: float) -> Iterator[tuple[int, int]]:
         proc.join(10)
 
 
-def seed(url: str, calls: int) -> list[Target]:
-    """One user, project and agent, and `calls` answered outbound calls with a Call SID."""
+def bench_tools(count: int) -> list[dict[str, Any]]:
+    """`count` custom tools of a realistic size (a few typed parameters each): they ride along
+    with every LLM request of a turn, the cost --tools measures."""
+    return [
+        {
+            "name": f"tool_{i}",
+            "description": "Look up or change the callee's appointment in the clinic's system; "
+            "use it when the callee asks about their booking.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "day": {"type": "string", "description": "The day, e.g. Friday"},
+                    "time": {"type": "string", "description": "The time, e.g. 15:30"},
+                    "patient": {"type": "string", "description": "The patient's full name"},
+                    "urgent": {"type": "boolean"},
+                },
+                "required": ["day", "patient"],
+            },
+            "url": f"https://93.184.215.14/tools/{i}",
+            "timeoutSeconds": 8,
+        }
+        for i in range(count)
+    ]
+
+
+def seed(url: str, calls: int, tools: int = 0) -> list[Target]:
+    """One user, project and agent, and `calls` answered outbound calls with a Call SID. With
+    `tools`, the agent also has that many custom tools, a transfer number, a voicemail
+    message and success criteria (what an agent using every ability carries into a turn)."""
     from app.models import Agent, Call, Project, User
 
     engine = create_engine(sync_url(url))
@@ -515,6 +542,14 @@ def seed(url: str, calls: int) -> list[Target]:
         for i in range(calls)
     ]
     instruction = "You are Ava, the scheduling assistant of Riverside Dental, calling Sam."
+    abilities: dict[str, Any] = {}
+    if tools:
+        abilities = {
+            "tools": bench_tools(tools),
+            "transfer_number": "+14155550199",
+            "voicemail_message": "Hi Sam, this is Ava from Riverside Dental. Please call back.",
+            "success_criteria": "Sam confirmed or moved the appointment.",
+        }
     with engine.begin() as conn:
         conn.execute(
             insert(User),
@@ -527,7 +562,7 @@ def seed(url: str, calls: int) -> list[Target]:
             {"id": agent_id, "project_id": project_id, "name": "Ava", "voice_id": "voice",
              "system_instruction": instruction, "first_message": GREETING,
              # Long enough never to end a call during the run.
-             "max_call_duration_seconds": 24 * 3600},
+             "max_call_duration_seconds": 24 * 3600, **abilities},
         )  # fmt: skip
         conn.execute(
             insert(Call),
@@ -694,6 +729,13 @@ def main() -> None:
     parser.add_argument(
         "--database-url", help="instead of SQLite in the temp dir, e.g. an empty PostgreSQL db"
     )
+    parser.add_argument(
+        "--tools",
+        type=int,
+        default=0,
+        help="give the agent this many custom tools, a transfer number, a voicemail message "
+        "and success criteria",
+    )
     args = parser.parse_args()
 
     with scratch("talkstack-conversation-bench-", keep=args.keep, kept="log and database") as tmp:
@@ -719,12 +761,14 @@ def run_bench(args: argparse.Namespace, tmp: Path) -> None:
         RUN_JOBS_IN_PROCESS="false",
     )
     migrate(env)
-    targets = seed(url, args.calls)
+    targets = seed(url, args.calls, args.tools)
     database = url.split(":", 1)[0].split("+", 1)[0]
     print(
         f"{database}; one uvicorn worker on cpu {args.server_cpu} (--ws websockets-sansio);"
         f" fake LLM and load generator on cpu {args.client_cpu}\n"
-        f"{args.calls} concurrent calls, {args.warmup_turns} warm-up + {args.turns} measured"
+        f"{args.calls} concurrent calls, agent with {args.tools} custom tools"
+        f"{' (+ transfer_call, press_digits, end_call)' if args.tools else ''},"
+        f" {args.warmup_turns} warm-up + {args.turns} measured"
         f" turns each; callee pauses {args.pause_ms[0]:g}-{args.pause_ms[1]:g} ms;"
         f" LLM reply of {len(REPLY)} chunks, first at once, then every"
         f" {args.chunk_interval_ms:g} ms",
