@@ -391,8 +391,9 @@ class BatchDialer:
 
     async def _dialed(self, claim: Claim, sid: str) -> None:
         async with self.ctx.sessionmaker() as session, session.begin():
-            call = await session.get(Call, claim.call_id, with_for_update=True)
+            # Row, then call: the order `reconcile` locks them in (two orders could deadlock).
             row = await session.get(BatchRow, claim.row_id, with_for_update=True)
+            call = await session.get(Call, claim.call_id, with_for_update=True)
             if call is not None:
                 if call.call_sid is None:
                     call.call_sid = sid
@@ -408,8 +409,8 @@ class BatchDialer:
 
     async def _refused(self, claim: Claim, exc: AppError) -> None:
         async with self.ctx.sessionmaker() as session, session.begin():
-            call = await session.get(Call, claim.call_id, with_for_update=True)
             row = await session.get(BatchRow, claim.row_id, with_for_update=True)
+            call = await session.get(Call, claim.call_id, with_for_update=True)
             if call is not None:
                 await record_refusal(session, call, exc)
             if row is not None and row.call_id == claim.call_id:
