@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
-import json
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -17,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.call.status import FINAL, TWILIO_STATUSES
 from app.errors import BadRequest
 from app.models import Call, Project
+from app.pagination import PageTokens
 from app.phone import to_e164
 
 STATUSES = FINAL | TWILIO_STATUSES
@@ -117,52 +114,6 @@ def _conditions(project: Project, f: Filters) -> list[Any]:
     if end_days:
         c.append(Call.created_at < _midnight(min(end_days) + timedelta(days=1)) + _END_SKEW)
     return c
-
-
-class PageTokens:
-    """Opaque cursors: the last row's (created_at, id), bound to project and filters, signed."""
-
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-
-    def encode(self, project: Project, f: Filters, last: Call) -> str:
-        body = json.dumps(
-            {
-                "p": str(project.id),
-                "f": f.fingerprint(),
-                "t": last.created_at.isoformat(),
-                "i": str(last.id),
-            },
-            separators=(",", ":"),
-        ).encode()
-        mac = hmac.new(self._key, body, "sha256").digest()[:16]
-        return _b64(body) + "." + _b64(mac)
-
-    def decode(self, token: str, project: Project, f: Filters) -> tuple[datetime, uuid.UUID]:
-        invalid = BadRequest(
-            "pageToken is invalid: pass back nextPageToken exactly, with the same projectId "
-            "and filters.",
-            code="INVALID_PAGE_TOKEN",
-        )
-        try:
-            body_part, mac_part = token.split(".")
-            body, mac = _unb64(body_part), _unb64(mac_part)
-            if not hmac.compare_digest(mac, hmac.new(self._key, body, "sha256").digest()[:16]):
-                raise invalid
-            data = json.loads(body)
-            if data["p"] != str(project.id) or data["f"] != f.fingerprint():
-                raise invalid
-            return datetime.fromisoformat(data["t"]), uuid.UUID(data["i"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise invalid from exc
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 async def page(

@@ -22,6 +22,7 @@ from app.call.schemas import (
 from app.conversation.analysis import analysis_on_demand
 from app.deps import CtxDep, CurrentUser, SessionDep
 from app.errors import AppError
+from app.pagination import PageTokens
 from app.project.service import get_owned_project
 from app.schemas import error_responses
 
@@ -127,7 +128,7 @@ async def get_call_history(
     )  # fmt: skip
     calls, token = await history.page(
         session,
-        history.PageTokens(ctx.signer.derive_key(b"call-history-page")),
+        PageTokens(ctx.signer.derive_key(b"call-history-page")),
         project=project,
         filters=filters,
         page_size=body.pageSize,

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -14,9 +11,10 @@ from sqlalchemy import literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
-from app.errors import BadRequest, Conflict, NotFound
+from app.errors import Conflict, NotFound
 from app.jobs import queue, webhooks
 from app.models import Job, Project, WebhookDelivery
+from app.pagination import PageTokens
 from app.project.service import new_webhook_secret
 
 # How long a rotated-out secret keeps signing next to the new one.
@@ -32,58 +30,9 @@ class DeliveryFilters:
         return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
 
 
-class DeliveryPageTokens:
-    """Opaque cursors: the last row's (created_at, id), bound to project and filters, signed."""
-
-    def __init__(self, key: bytes) -> None:
-        self._key = key
-
-    def encode(self, project: Project, f: DeliveryFilters, last: WebhookDelivery) -> str:
-        body = json.dumps(
-            {
-                "p": str(project.id),
-                "f": f.fingerprint(),
-                "t": last.created_at.isoformat(),
-                "i": str(last.id),
-            },
-            separators=(",", ":"),
-        ).encode()
-        return _b64(body) + "." + _b64(self._mac(body))
-
-    def decode(
-        self, token: str, project: Project, f: DeliveryFilters
-    ) -> tuple[datetime, uuid.UUID]:
-        invalid = BadRequest(
-            "pageToken is invalid: pass back nextPageToken exactly, with the same filters.",
-            code="INVALID_PAGE_TOKEN",
-        )
-        try:
-            body_part, mac_part = token.split(".")
-            body, mac = _unb64(body_part), _unb64(mac_part)
-            if not hmac.compare_digest(mac, self._mac(body)):
-                raise invalid
-            data = json.loads(body)
-            if data["p"] != str(project.id) or data["f"] != f.fingerprint():
-                raise invalid
-            return datetime.fromisoformat(data["t"]), uuid.UUID(data["i"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise invalid from exc
-
-    def _mac(self, body: bytes) -> bytes:
-        return hmac.new(self._key, body, "sha256").digest()[:16]
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 async def list_deliveries(
     session: AsyncSession,
-    tokens: DeliveryPageTokens,
+    tokens: PageTokens,
     *,
     project: Project,
     filters: DeliveryFilters,

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Depends, Query
 from app.deps import CtxDep, CurrentUser, SessionDep
 from app.jobs.webhooks import MAX_ATTEMPTS, CallEvent
 from app.models import Project
+from app.pagination import PageTokens
 from app.project import deliveries, service
 from app.project.schemas import (
     ActiveAgentOut,
@@ -175,7 +176,7 @@ async def list_webhook_deliveries(
     """The project's webhook deliveries, newest first, pageSize at a time; pass nextPageToken."""
     rows, token = await deliveries.list_deliveries(
         session,
-        deliveries.DeliveryPageTokens(ctx.signer.derive_key(b"webhook-deliveries-page")),
+        PageTokens(ctx.signer.derive_key(b"webhook-deliveries-page")),
         project=project,
         filters=deliveries.DeliveryFilters(event=event, status=status),
         page_size=pageSize,
