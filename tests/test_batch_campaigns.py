@@ -24,7 +24,6 @@ from app.batch import outcome
 from app.batch.campaign import CallWindow
 from app.batch.dialer import IDLE, BatchDialer, Claim, MemoryPacer
 from app.batch.lifecycle import DIAL_JOB
-from app.call.service import callback_url
 from app.db import utcnow
 from app.jobs.queue import DONE, QUEUED, RUNNING
 from app.models import Batch, BatchRow, Call, Job
@@ -346,20 +345,7 @@ async def test_a_call_that_ends_before_its_claim_is_settled_is_decided_once_it_i
     dialer = BatchDialer(ctx, MemoryPacer())
     claim = await dialer.claim(batch_id)
     assert isinstance(claim, Claim)
-    placed = await ctx.telephony.create_call(
-        to=claim.to,
-        from_=claim.from_,
-        **{
-            name: callback_url(ctx, claim.call_id, kind)
-            for name, kind in (
-                ("twiml_url", "twiml"),
-                ("status_callback", "status"),
-                ("recording_status_callback", "recording"),
-                ("amd_callback", "amd"),
-            )
-        },
-        time_limit_seconds=claim.max_seconds,
-    )
+    placed = await dialer.place(claim)  # Twilio places it; the server dies before storing it
     await end_call(client, twilio_standin, placed.sid, "no-answer")
     assert await run_jobs(app, outcome.OUTCOME_JOB, at=utcnow()) == 1
     (row,) = await batch_rows(app, str(batch_id))

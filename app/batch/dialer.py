@@ -60,7 +60,8 @@ from app.hubspot import service as hubspot_service
 from app.jobs.queue import enqueue_many
 from app.models import Agent, Batch, BatchRow, Call, Job, Project
 from app.phone_number.service import number_of_agent
-from app.telephony.errors import TwilioRejected
+from app.telephony.errors import TelephonyNotConfigured, TwilioRejected
+from app.telephony.types import PlacedCall
 
 log = logging.getLogger("talkstack.batch.dialer")
 
@@ -366,21 +367,11 @@ class BatchDialer:
     # -- dialing ----------------------------------------------------------------------------
 
     async def dial(self, claim: Claim) -> None:
-        ctx = self.ctx
-        if ctx.telephony is None:
+        if self.ctx.telephony is None:
             await self._unknown(claim, "Twilio is not configured")
             return
         try:
-            placed = await ctx.telephony.create_call(
-                to=claim.to,
-                from_=claim.from_,
-                twiml_url=callback_url(ctx, claim.call_id, "twiml"),
-                status_callback=callback_url(ctx, claim.call_id, "status"),
-                recording_status_callback=callback_url(ctx, claim.call_id, "recording"),
-                amd_callback=callback_url(ctx, claim.call_id, "amd"),
-                time_limit_seconds=claim.max_seconds,
-                detect_message_end=claim.voicemail,
-            )
+            placed = await self.place(claim)
         except TwilioRejected as exc:
             await self._refused(claim, exc)
             return
@@ -388,6 +379,22 @@ class BatchDialer:
             await self._unknown(claim, getattr(exc, "message", str(exc)))
             return
         await self._dialed(claim, placed.sid)
+
+    async def place(self, claim: Claim) -> PlacedCall:
+        """Ask Twilio for the claim's call (nothing stored: `dial` records the outcome)."""
+        ctx = self.ctx
+        if ctx.telephony is None:
+            raise TelephonyNotConfigured()
+        return await ctx.telephony.create_call(
+            to=claim.to,
+            from_=claim.from_,
+            twiml_url=callback_url(ctx, claim.call_id, "twiml"),
+            status_callback=callback_url(ctx, claim.call_id, "status"),
+            recording_status_callback=callback_url(ctx, claim.call_id, "recording"),
+            amd_callback=callback_url(ctx, claim.call_id, "amd"),
+            time_limit_seconds=claim.max_seconds,
+            detect_message_end=claim.voicemail,
+        )
 
     async def _dialed(self, claim: Claim, sid: str) -> None:
         async with self.ctx.sessionmaker() as session, session.begin():
