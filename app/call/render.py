@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
 # {{name}}, {{ name }}, {{hubspot.firstname}}
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")
@@ -28,3 +30,10 @@ def render(template: str | None, variables: dict[str, str]) -> str | None:
     if template is None:
         return None
     return PLACEHOLDER.sub(lambda m: variables.get(m.group(1), m.group(0)), template)
+
+
+def render_lenient(template: str | None, variables: Mapping[str, Any]) -> str | None:
+    """Fill what is known; a placeholder nobody can fill on an inbound call becomes empty."""
+    if template is None:
+        return None
+    return PLACEHOLDER.sub(lambda m: str(variables.get(m.group(1), "")), template)

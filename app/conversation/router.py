@@ -24,7 +24,7 @@ from app.call import callbacks
 from app.call import status as states
 from app.call.events import call_changed
 from app.call.jobs import schedule_check
-from app.call.render import PLACEHOLDER
+from app.call.render import render_lenient
 from app.call.twilio_router import _SIGNED, Params
 from app.context import AppContext
 from app.conversation import transfer, voicemail
@@ -394,13 +394,6 @@ async def _inbound_target(
         )
     ).one_or_none()
     return None if row is None else (row[0], row[1], row[2])
-
-
-def render_lenient(template: str | None, variables: dict[str, str]) -> str | None:
-    """Fill what is known; a placeholder nobody can fill on an inbound call becomes empty."""
-    if template is None:
-        return None
-    return PLACEHOLDER.sub(lambda m: variables.get(m.group(1), ""), template)
 
 
 def _number(value: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.call import status as states
-from app.call.render import PLACEHOLDER
+from app.call.render import render_lenient
 from app.context import AppContext
 from app.db import utcnow
 from app.jobs.queue import enqueue
@@ -56,9 +56,7 @@ async def after_amd(session: AsyncSession, call: Call, params: Mapping[str, str]
 
 def message_for(agent: Agent, call: Call) -> str:
     """The agent's message with the call's variables (checked when the call was placed)."""
-    variables: dict[str, Any] = dict(call.dynamic_variables)
-    template = agent.voicemail_message or ""
-    return PLACEHOLDER.sub(lambda m: str(variables.get(m.group(1), "")), template)
+    return render_lenient(agent.voicemail_message, call.dynamic_variables) or ""
 
 
 async def leave_message(ctx: AppContext, job: Job) -> None:
