@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The Talkstack server. Migrations are a separate step (see README "Deployment"):
+# The Talkstack server. Migrations are a separate step (see docs/deployment.md):
 #   docker run --rm -v talkstack-data:/data talkstack alembic upgrade head
 FROM python:3.11-slim
 

@@ -1,4 +1,4 @@
-"""Settings: every knob of CONTRACT.md §10, read from the environment and `.env`."""
+"""Settings: every knob of docs/configuration.md, read from the environment and `.env`."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     job_retry_base_seconds: Annotated[float, Field(ge=0)] = 10.0
     job_shutdown_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
 
-    # Token lifetimes (CONTRACT.md §2).
+    # Token lifetimes (docs/api/index.md, Authentication).
     access_token_ttl_seconds: int = 2 * 3600
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     verification_code_ttl_seconds: int = 15 * 60

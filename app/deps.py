@@ -105,7 +105,7 @@ def bearer_token(authorization: str | None) -> str | None:
 # when its value is cached, and every route depends on this one, so its tree is kept to the
 # request alone. The schemes are declared in the OpenAPI document by app/openapi.py.
 async def current_user(request: Request) -> Caller:
-    """Bearer token or x-api-key. Every credential presented must be valid (CONTRACT.md §2).
+    """Bearer token or x-api-key. Every credential presented must be valid (docs/api/index.md).
     One indexed lookup per credential, outside the request's session (Core, read-only)."""
     headers = request.headers
     authorization = headers.get("authorization")

@@ -1,4 +1,4 @@
-"""One error hierarchy and one handler: every error body is CONTRACT.md §3's shape."""
+"""One error hierarchy and one handler: every error body has the shape of docs/api/errors.md."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ async def test_signup_creates_an_unverified_user_and_emails_a_code(client, mailb
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    # No tokens: an unverified account must not be usable (CONTRACT.md §11).
+    # No tokens: an unverified account must not be usable (docs/differences.md).
     assert set(body) == {"message", "status", "user", "signupStatus"}
     assert body["message"] == "User registered successfully"
     assert body["status"] == "success"
@@ -158,7 +158,7 @@ async def test_signup_again_before_verifying_reveals_nothing_of_the_first_signup
     client, mailbox, app
 ):
     """Whoever types a pending email again learns that it is pending (signupStatus 2, as
-    CONTRACT.md §5 decides) and nothing else: not the first signup's name, company, id or
+    docs/api/auth.md decides) and nothing else: not the first signup's name, company, id or
     dates, and they cannot change any of it."""
     first = await client.post(
         "/auth/signup",

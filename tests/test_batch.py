@@ -1,5 +1,5 @@
-"""Batch calls (CONTRACT.md §7): upload and validation, dialing through the Twilio stand-in,
-pace, the live-call cap, cancel, and what happens when Twilio fails or the server dies."""
+"""Batch calls (docs/api/batch-calls.md): upload and validation, dialing through the Twilio
+stand-in, pace, the live-call cap, cancel, and what happens when Twilio fails or the server dies."""
 
 from __future__ import annotations
 

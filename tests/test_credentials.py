@@ -1,4 +1,4 @@
-"""Who is calling: Bearer access tokens, API keys, and /user/generate-apikey (CONTRACT.md §2)."""
+"""Who is calling: Bearer access tokens, API keys, and /user/generate-apikey (docs/api/index.md)."""
 
 from __future__ import annotations
 

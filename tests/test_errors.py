@@ -1,4 +1,4 @@
-"""Every error answers CONTRACT.md §3's body: unknown paths, methods, bad JSON, crashes."""
+"""Every error answers the body of docs/api/errors.md: unknown paths, methods, bad JSON, crashes."""
 
 from __future__ import annotations
 

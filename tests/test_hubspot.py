@@ -1,4 +1,5 @@
-"""HubSpot (CONTRACT.md §9): connecting a project, logging every finished call, makeCall by contact.
+"""HubSpot (docs/api/hubspot.md): connecting a project, logging every finished call, makeCall by
+contact.
 
 The app talks to the HubSpot stand-in (tests/standins/hubspot.py) through the official
 `hubspot-api-client`; the sync jobs are run here one by one, so each HubSpot answer's effect is

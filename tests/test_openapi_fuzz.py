@@ -77,7 +77,7 @@ class Caller:
                     self._aim(container)
         for name in [h for h in case.headers if h.lower() in ("authorization", "x-api-key")]:
             del case.headers[name]
-        # An API key cannot mint API keys (CONTRACT.md §2): that one operation takes the token.
+        # An API key cannot mint API keys (docs/api/index.md): that one operation takes the token.
         if case.operation.path == "/user/generate-apikey":
             return {"Authorization": f"Bearer {self.bearer}"}
         return {"x-api-key": self.api_key}
@@ -163,7 +163,7 @@ def _config() -> schemathesis.Config:
         },
         "checks": {
             # Every other check runs as schemathesis ships it. This one says schema-valid data
-            # must not get a 4xx other than auth/404/409; but CONTRACT.md §3 answers 400 to
+            # must not get a 4xx other than auth/404/409; but docs/api/errors.md answers 400 to
             # input that JSON Schema cannot describe: a reserved email domain, an unknown reset
             # token, cross-field rules (`options` only for Selector questions, "one of
             # phoneNumberId/agentId/projectId"). 400 is therefore an accepted answer; anything

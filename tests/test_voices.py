@@ -133,7 +133,7 @@ async def test_bundled_catalogue_lists_elevenlabs_premade_voices(
         prefix = "https://storage.googleapis.com/eleven-public-prod/premade/voices/"
         assert voice["preview_url"].startswith(f"{prefix}{voice['voice_id']}/"), voice
         assert voice["preview_url"].endswith(".mp3"), voice
-    # The docs' own example (§3.33) is the first voice: Aria, then Roger.
+    # Talkstack's own List Voices example is the first voice: Aria, then Roger.
     assert voices[0] == ARIA
     assert voices[1]["name"] == "Roger" and voices[1]["voice_id"] == "CwhRBWXzGAHq8TQ4Fs17"
     assert "EXAVITQu4vr4xnSDxMaL" in {v["voice_id"] for v in voices}  # Sarah

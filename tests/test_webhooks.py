@@ -1,4 +1,4 @@
-"""Project webhooks (CONTRACT.md §8): signed events, retried, ordered, never sent inward."""
+"""Project webhooks (docs/webhooks.md): signed events, retried, ordered, never sent inward."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 
 def readme_verify(secret: str, header: str, body: bytes, tolerance: int = 300) -> bool:
-    # The README's standalone verifier, verbatim: receivers copy this.
+    # The standalone verifier of docs/webhooks.md, verbatim: receivers copy this.
     pairs = [p.split("=", 1) for p in header.split(",") if "=" in p]
     t = next((value for key, value in pairs if key == "t"), "")
     if not t.isdigit() or abs(time.time() - int(t)) > tolerance:

@@ -1,4 +1,4 @@
-"""The agent object (CONTRACT.md §4) and the /agent/* envelopes."""
+"""The agent object (docs/api/agents.md) and the /agent/* envelopes."""
 
 from __future__ import annotations
 

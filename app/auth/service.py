@@ -23,7 +23,7 @@ from app.security import digests_equal, new_opaque_token, new_verification_code,
 
 log = logging.getLogger("talkstack.auth")
 
-# Talkstack's status enums (docs §3.3, §3.4, §3.6).
+# Talkstack's status enums (its Signup, Verify Email and Login pages; docs/api/auth.md).
 SIGNUP_ACCOUNT_EXISTS, SIGNUP_EMAIL_NOT_VERIFIED, SIGNUP_SUCCESS, SIGNUP_EMAIL_NOT_SENT = 1, 2, 3, 6
 VERIFY_INVALID_CODE, VERIFY_SUCCESS, VERIFY_ACCOUNT_EXISTS, VERIFY_NOT_FOUND = 1, 2, 4, 5
 LOGIN_NOT_VERIFIED, LOGIN_INVALID_PASSWORD, LOGIN_SUCCESS = 2, 4, 7
@@ -127,9 +127,9 @@ async def signup(
                 code="ACCOUNT_EXISTS",
                 signupStatus=SIGNUP_ACCOUNT_EXISTS,
             )
-        # Signed up before, never verified. CONTRACT.md §5 fixes the answer: a new code, 200,
+        # Signed up before, never verified. docs/api/auth.md fixes the answer: a new code, 200,
         # signupStatus 2, name and password unchanged. Anyone may type this email, so they
-        # learn that a signup is pending (the contract's choice: a user who lost the code can
+        # learn that a signup is pending (docs/differences.md: a user who lost the code can
         # finish) and nothing more. No user in the answer: it would be the first signup's
         # name, company, id and dates. Nothing they sent is stored (company neither), so they
         # cannot take the signup over; the new code goes to the mailbox of the email only.

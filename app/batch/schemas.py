@@ -1,4 +1,4 @@
-"""Batch calls' envelopes (CONTRACT.md §7)."""
+"""Batch calls' envelopes (docs/api/batch-calls.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Batch calls (CONTRACT.md §7): validate a whole spreadsheet, store it, report on it, pause,
-resume or cancel it.
+"""Batch calls (docs/api/batch-calls.md): validate a whole spreadsheet, store it, report on it,
+pause, resume or cancel it.
 
 Dialing is app/batch/dialer.py's job; this module only writes rows it has validated.
 """

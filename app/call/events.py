@@ -1,4 +1,4 @@
-"""What happens when a call changes: the project's webhook hears about it (CONTRACT.md §8)."""
+"""What happens when a call changes: the project's webhook hears about it (docs/webhooks.md)."""
 
 from __future__ import annotations
 

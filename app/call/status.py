@@ -28,7 +28,7 @@ def final_status(
     twilio_status: str, answered_by: str | None, ended_reason: str | None = None
 ) -> str:
     """A completed call answered by a machine is `voicemail`; one the agent ended because the
-    callee stayed silent is `silence` (CONTRACT.md §6)."""
+    callee stayed silent is `silence` (docs/api/calls.md)."""
     if twilio_status == "completed" and answered_by in MACHINE:
         return "voicemail"
     if twilio_status == "completed" and ended_reason == "silence":

@@ -1,4 +1,4 @@
-"""What goes wrong with HubSpot, as the API answers it (CONTRACT.md §3)."""
+"""What goes wrong with HubSpot, as the API answers it (docs/api/errors.md)."""
 
 from __future__ import annotations
 

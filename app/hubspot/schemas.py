@@ -1,4 +1,4 @@
-"""The /hubspot/* bodies (ours: Talkstack's HubSpot page is lost; CONTRACT.md §9)."""
+"""The /hubspot/* bodies (ours: Talkstack's HubSpot page is lost; docs/api/hubspot.md)."""
 
 from __future__ import annotations
 

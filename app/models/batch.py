@@ -11,7 +11,7 @@ from app.db import Base, TimestampMixin, UTCDateTime, new_id
 
 
 class Batch(TimestampMixin, Base):
-    """One uploaded spreadsheet of calls (CONTRACT.md §7)."""
+    """One uploaded spreadsheet of calls (docs/api/batch-calls.md)."""
 
     __tablename__ = "batches"
     __table_args__ = (Index("ix_batches_project_created", "project_id", "created_at"),)

@@ -10,7 +10,7 @@ from app.db import Base, TimestampMixin, UTCDateTime, new_id, utcnow
 
 
 class HubSpotConnection(TimestampMixin, Base):
-    """A project's HubSpot account (CONTRACT.md §9): at most one per project.
+    """A project's HubSpot account (docs/api/hubspot.md): at most one per project.
 
     The private-app token is stored encrypted (Fernet, with a key derived from SECRET_KEY): it
     must be usable to call HubSpot, so it cannot be a hash, and it is never shown again.

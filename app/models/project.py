@@ -34,7 +34,7 @@ class Project(TimestampMixin, Base):
     is_deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     call_status_webhook: Mapped[str | None] = mapped_column(String(2048))
-    # Signs webhook deliveries (CONTRACT.md §8). It must be usable to sign, so it cannot be a
+    # Signs webhook deliveries (docs/webhooks.md). It must be usable to sign, so it cannot be a
     # hash; it is shown to the user once, when first created.
     webhook_secret: Mapped[str | None] = mapped_column(String(100))
     # The secret a rotation replaced, kept (the same way, for the same reason) so it signs

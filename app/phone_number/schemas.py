@@ -1,4 +1,4 @@
-"""The phone-number object (CONTRACT.md §4) and the /phone-number envelopes."""
+"""The phone-number object (docs/api/phone-numbers.md) and the /phone-number envelopes."""
 
 from __future__ import annotations
 

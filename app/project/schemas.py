@@ -1,4 +1,4 @@
-"""The project object (CONTRACT.md §4)."""
+"""The project object (docs/api/projects.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What goes wrong with Twilio, in the app's error hierarchy (CONTRACT.md §3: 502/503)."""
+"""What goes wrong with Twilio, in the app's error hierarchy (docs/api/errors.md: 502/503)."""
 
 from __future__ import annotations
 

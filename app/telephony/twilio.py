@@ -56,7 +56,7 @@ class HttpxTwilioClient(AsyncHttpClient):  # type: ignore[misc]
     """The SDK's HTTP layer on one shared httpx.AsyncClient, sending to the configured base URL.
 
     Replaces the SDK's aiohttp client, which warns about unclosed sessions and has no base-URL
-    option (DEPENDENCIES.md §1.6).
+    option (docs/dependencies.md).
     """
 
     def __init__(

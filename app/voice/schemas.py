@@ -1,4 +1,7 @@
-"""The /voices envelopes, as the Talkstack docs show them (§3.33-3.34)."""
+"""The /voices envelopes, as Talkstack's List Voices and Get Voice pages show them.
+
+The reference: docs/api/agents.md.
+"""
 
 from __future__ import annotations
 
