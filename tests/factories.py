@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select, update
 
-from app.models import PasswordResetToken, Project, RefreshToken, User
+from app.models import Call, PasswordResetToken, Project, RefreshToken, User
 from tests.mailbox import Mailbox
 from tests.standins.twilio import TwilioStandin
 
@@ -110,6 +112,51 @@ async def calling_agent(
     )
     assert r.status_code == 200, r.text
     return CallingAgent(key, project, r.json()["data"]["id"], number_sid, secret)
+
+
+# The number the tests' agents call (their own is the one given to `calling_agent`).
+CALLEE = "+14155550123"
+
+
+async def dial(
+    client: httpx.AsyncClient, setup: CallingAgent, *, to: str = CALLEE, **variables: str
+) -> str:
+    """makeCall with the agent, as its owner; returns the Call SID."""
+    r = await client.post(
+        "/call/makeCall",
+        json={
+            "number": to,
+            "projectId": setup.project,
+            "agentId": setup.agent,
+            "dynamicVariables": variables,
+        },
+        headers=setup.key,
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["call"]["call_id"])
+
+
+async def call_row(app: Any, sid: str) -> Call:
+    """The call as stored, by its Call SID."""
+    async with app.state.ctx.sessionmaker() as session:
+        call: Call = (await session.execute(select(Call).where(Call.call_sid == sid))).scalar_one()
+        return call
+
+
+async def eventually(
+    app: Any, sid: str, predicate: Callable[[Call], Any], within: float = 10.0
+) -> Call:
+    """The stored call once `predicate` holds for it (background work gets there)."""
+    deadline = time.monotonic() + within
+    while True:
+        call = await call_row(app, sid)
+        if predicate(call):
+            return call
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"call never got there: {call.status} {call.ended_reason} {call.transcript}"
+            )
+        await asyncio.sleep(0.02)
 
 
 async def make_project(app: Any, user_id: str, name: str = "Project", **fields: Any) -> str:

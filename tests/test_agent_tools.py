@@ -21,14 +21,22 @@ from sqlalchemy import select
 
 from app.jobs.webhooks import verify_signature
 from app.models import Call, Project
-from tests.factories import CallingAgent, calling_agent, db_update
+from tests.factories import (
+    CALLEE,
+    CallingAgent,
+    call_row,
+    calling_agent,
+    db_update,
+    dial,
+    eventually,
+)
 from tests.standins.receiver import WebhookReceiver, running_receiver
 from tests.standins.server import running
 from tests.standins.tool_server import ToolServer
 from tests.standins.twilio_relay import LiveServer, answer
 
 FROM = "+14155550100"
-TO = "+14155550123"
+TO = CALLEE
 HUMAN = "+14155550177"
 
 
@@ -81,36 +89,6 @@ def booking_tool(url: str, **extra: Any) -> dict[str, Any]:
 async def agent_with(client, mailbox, twilio_standin, **fields: Any) -> CallingAgent:
     agent = {"systemInstruction": "You are Jack from the clinic.", **fields}
     return await calling_agent(client, mailbox, twilio_standin, number=FROM, agent=agent)
-
-
-async def dial(client, setup: CallingAgent, **variables: str) -> str:
-    r = await client.post(
-        "/call/makeCall",
-        json={
-            "number": TO,
-            "projectId": setup.project,
-            "agentId": setup.agent,
-            "dynamicVariables": variables,
-        },
-        headers=setup.key,
-    )
-    assert r.status_code == 200, r.text
-    return str(r.json()["call"]["call_id"])
-
-
-async def call_row(app, sid: str) -> Call:
-    async with app.state.ctx.sessionmaker() as s:
-        return (await s.execute(select(Call).where(Call.call_sid == sid))).scalar_one()
-
-
-async def eventually(app, sid: str, predicate, within: float = 10.0) -> Call:
-    deadline = time.monotonic() + within
-    while True:
-        call = await call_row(app, sid)
-        if predicate(call):
-            return call
-        assert time.monotonic() < deadline, f"{call.status} {call.ended_reason} {call.transcript}"
-        await asyncio.sleep(0.02)
 
 
 async def project_secret(app, setup: CallingAgent) -> str:

@@ -22,8 +22,11 @@ from app.models import Call, CallAnalysis, Job
 from tests.factories import (
     CallingAgent,
     api_key_for,
+    call_row,
     calling_agent,
     db_update,
+    dial,
+    eventually,
     verified_account,
 )
 from tests.standins.receiver import WebhookReceiver, running_receiver
@@ -34,10 +37,10 @@ from tests.standins.twilio_relay import (
     connect_relay,
     post_signed,
     relay_socket,
+    ring,
 )
 
 FROM = "+14155550100"
-TO = "+14155550123"
 CALLER = "+14155550199"
 GREETING = "Hi John, this is Jack from the clinic."
 QUESTIONS: list[dict[str, Any]] = [
@@ -90,47 +93,11 @@ async def setup(client, mailbox, twilio_standin, receiver) -> CallingAgent:
     )
 
 
-async def dial(client, setup) -> tuple[str, Call]:
-    r = await client.post(
-        "/call/makeCall",
-        json={
-            "number": TO,
-            "projectId": setup.project,
-            "agentId": setup.agent,
-            "dynamicVariables": {"name": "John"},
-        },
-        headers=setup.key,
-    )
-    assert r.status_code == 200, r.text
-    sid = r.json()["call"]["call_id"]
-    return sid, await call_row(client, sid)
-
-
-async def call_row(client_or_app: Any, sid: str) -> Call:
-    app = getattr(client_or_app, "_transport", None)
-    app = app.app if app is not None else client_or_app
-    async with app.state.ctx.sessionmaker() as s:
-        return (await s.execute(select(Call).where(Call.call_sid == sid))).scalar_one()
-
-
 async def status(twilio_standin, client, sid: str, value: str, **fields: Any) -> None:
     r = await twilio_standin.deliver(
         client, twilio_standin.callback(sid, "status", CallStatus=value, **fields)
     )
     assert r.status_code == 204, r.text
-
-
-async def eventually(app, sid: str, predicate, within: float = 10.0) -> Call:
-    deadline = time.monotonic() + within
-    while True:
-        call = await call_row(app, sid)
-        if predicate(call):
-            return call
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"call never got there: {call.status} {call.ended_reason} {call.transcript}"
-            )
-        await asyncio.sleep(0.02)
 
 
 def events(receiver: WebhookReceiver) -> list[dict[str, Any]]:
@@ -144,8 +111,11 @@ def events(receiver: WebhookReceiver) -> list[dict[str, Any]]:
 # -- the TwiML ----------------------------------------------------------------------------------
 
 
-async def test_twiml_hands_the_answered_call_to_conversation_relay(client, setup, twilio_standin):
-    sid, call = await dial(client, setup)
+async def test_twiml_hands_the_answered_call_to_conversation_relay(
+    app, client, setup, twilio_standin
+):
+    sid = await dial(client, setup, name="John")
+    call = await call_row(app, sid)
 
     r = await twilio_standin.deliver(client, twilio_standin.twiml_request(sid))
 
@@ -176,7 +146,7 @@ async def test_a_whole_call_from_dial_to_transcript_to_analysis_to_webhook(
     app, client, live, setup, twilio_standin, llm, receiver
 ):
     receiver.fail_first = 1  # the first delivery is answered 500 and retried
-    sid, _ = await dial(client, setup)
+    sid = await dial(client, setup, name="John")
     await status(twilio_standin, client, sid, "initiated")
     await status(twilio_standin, client, sid, "ringing")
     relay = await answer(twilio_standin, client, live, sid)
@@ -265,7 +235,7 @@ async def test_a_whole_call_from_dial_to_transcript_to_analysis_to_webhook(
 async def test_an_interruption_cancels_the_completion_and_keeps_what_was_heard(
     app, client, live, setup, twilio_standin, llm
 ):
-    sid, _ = await dial(client, setup)
+    sid = await dial(client, setup, name="John")
     relay = await answer(twilio_standin, client, live, sid)
     llm.reply_text(["Our opening", " hours are", " nine to five", " on weekdays."], delay=0.4)
     await relay.say("When are you open?")
@@ -295,7 +265,7 @@ async def test_an_interruption_cancels_the_completion_and_keeps_what_was_heard(
 async def test_an_interrupted_greeting_is_recorded_as_heard(
     app, client, live, setup, twilio_standin, llm
 ):
-    sid, _ = await dial(client, setup)
+    sid = await dial(client, setup, name="John")
     relay = await answer(twilio_standin, client, live, sid)
     await relay.interrupt("Hi John, this is")
     llm.reply_text("Yes, Jack from the clinic.")
@@ -310,7 +280,7 @@ async def test_an_interrupted_greeting_is_recorded_as_heard(
 
 
 async def test_keypad_presses_reach_the_agent(app, client, live, setup, twilio_standin, llm):
-    sid, _ = await dial(client, setup)
+    sid = await dial(client, setup, name="John")
     relay = await answer(twilio_standin, client, live, sid)
     llm.reply_text("You pressed one: booking.")
     await relay.press("1")
@@ -329,7 +299,7 @@ async def test_keypad_presses_reach_the_agent(app, client, live, setup, twilio_s
 async def test_a_silent_callee_is_reprompted_twice_then_the_call_ends_as_silence(
     app, client, live, setup, twilio_standin, llm
 ):
-    sid, _ = await dial(client, setup)
+    sid = await dial(client, setup, name="John")
     relay = await answer(twilio_standin, client, live, sid)
     llm.reply_text("Are you still there?")
     llm.reply_text("Hello, can you hear me?")
@@ -352,7 +322,7 @@ async def test_the_call_ends_at_the_agents_maximum_duration(
     from app.models import Agent
 
     await db_update(app, Agent, Agent.id == uuid.UUID(setup.agent), max_call_duration_seconds=1)
-    sid, _ = await dial(client, setup)
+    sid = await dial(client, setup, name="John")
     relay = await answer(twilio_standin, client, live, sid)
     started = time.monotonic()
     end = await relay.ended(within=5)
@@ -366,7 +336,7 @@ async def test_the_call_ends_at_the_agents_maximum_duration(
 async def test_an_llm_failure_mid_call_apologises_and_hangs_up_cleanly(
     app, client, live, setup, twilio_standin, llm
 ):
-    sid, _ = await dial(client, setup)
+    sid = await dial(client, setup, name="John")
     relay = await answer(twilio_standin, client, live, sid)
     llm.reply_error(500)
     await relay.say("Hello?")
@@ -384,7 +354,7 @@ async def test_an_llm_failure_mid_call_apologises_and_hangs_up_cleanly(
 async def test_a_stream_that_breaks_mid_reply_also_apologises(
     app, client, live, setup, twilio_standin, llm
 ):
-    sid, _ = await dial(client, setup)
+    sid = await dial(client, setup, name="John")
     relay = await answer(twilio_standin, client, live, sid)
     llm.reply_break(after=2)
     await relay.say("Hello?")
@@ -402,7 +372,7 @@ async def test_a_second_relay_session_continues_the_first_transcript(
 ):
     # Twilio opens the relay socket again for the same call (its TwiML fetched again, the
     # socket dropped and reconnected): what was said before stays, and the agent remembers it.
-    sid, _ = await dial(client, setup)
+    sid = await dial(client, setup, name="John")
     relay = await answer(twilio_standin, client, live, sid)
     llm.reply_text("Nine to five.")
     await relay.say("When are you open?")
@@ -443,7 +413,8 @@ async def test_a_second_relay_session_continues_the_first_transcript(
 async def test_an_unsigned_or_misdirected_socket_is_refused_with_403(
     app, client, live, setup, twilio_standin, llm
 ):
-    sid, call = await dial(client, setup)
+    sid = await dial(client, setup, name="John")
+    call = await call_row(app, sid)
     url = f"wss://talkstack.test/twilio/calls/{call.id}/relay"
     with pytest.raises(websockets.InvalidStatus) as refused:
         async with relay_socket(twilio_standin, live, url, signed=False):
@@ -459,7 +430,8 @@ async def test_an_unsigned_or_misdirected_socket_is_refused_with_403(
 
 
 async def test_a_socket_for_a_finished_call_is_refused(app, client, live, setup, twilio_standin):
-    sid, call = await dial(client, setup)
+    sid = await dial(client, setup, name="John")
+    call = await call_row(app, sid)
     await status(twilio_standin, client, sid, "completed", CallDuration="0")
     url = f"wss://talkstack.test/twilio/calls/{call.id}/relay"
     with pytest.raises(websockets.InvalidStatus) as refused:
@@ -478,28 +450,12 @@ async def test_the_relay_end_callback_needs_a_signature(client, setup, call_id=N
 # -- inbound calls ------------------------------------------------------------------------------
 
 
-async def ring(twilio_standin, client, to: str, caller: str = CALLER) -> tuple[str, Any]:
-    """A call reaches the number: Twilio posts to the number's voice URL, signed."""
-    sid = twilio_standin.add_call(to, caller, direction="inbound", status="ringing")
-    params = {
-        "AccountSid": twilio_standin.account_sid,
-        "CallSid": sid,
-        "From": caller,
-        "To": to,
-        "CallStatus": "ringing",
-        "Direction": "inbound",
-        "ApiVersion": "2010-04-01",
-    }
-    url = "https://talkstack.test/twilio/voice/inbound"
-    return sid, await post_signed(twilio_standin, client, url, params)
-
-
 async def test_an_inbound_call_is_answered_by_the_numbers_agent(
     app, client, live, setup, twilio_standin, llm, receiver
 ):
     number = twilio_standin.incoming_number(setup.number_sid)
     assert number["voice_url"] == "https://talkstack.test/twilio/voice/inbound"
-    sid, r = await ring(twilio_standin, client, FROM)
+    sid, r = await ring(twilio_standin, client, FROM, CALLER)
     assert r.status_code == 200, r.text
     twiml = RelayTwiml.parse(r.text)
     call = await call_row(app, sid)
@@ -584,7 +540,7 @@ async def ring_again(twilio_standin, client, sid: str) -> tuple[str, Any]:
 
 
 async def test_a_number_without_an_agent_says_sorry_and_hangs_up(app, client, twilio_standin):
-    _, r = await ring(twilio_standin, client, "+14155550177")
+    _, r = await ring(twilio_standin, client, "+14155550177", CALLER)
     assert r.status_code == 200
     assert "<Say" in r.text and "<Hangup" in r.text and "ConversationRelay" not in r.text
     async with app.state.ctx.sessionmaker() as s:
@@ -606,7 +562,7 @@ async def test_a_forged_inbound_request_is_403_and_creates_nothing(app, client, 
 
 
 async def finished_call(app, client, live, setup, twilio_standin, llm) -> str:
-    sid, _ = await dial(client, setup)
+    sid = await dial(client, setup, name="John")
     relay = await answer(twilio_standin, client, live, sid)
     llm.reply_tool_call("end_call", text="Booked for Friday, bye.")
     await relay.say("Two of us, Friday please.")
@@ -691,7 +647,7 @@ async def test_analysis_answers_that_do_not_fit_are_a_502_and_not_cached(
 async def test_analysis_of_a_call_in_progress_is_409_and_asks_nothing(
     client, setup, twilio_standin, llm
 ):
-    sid, _ = await dial(client, setup)
+    sid = await dial(client, setup, name="John")
     r = await client.post("/call/analysis", json={"sid": sid}, headers=setup.key)
     assert r.status_code == 409 and r.json()["code"] == "CALL_IN_PROGRESS"
     await status(twilio_standin, client, sid, "no-answer")

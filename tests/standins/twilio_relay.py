@@ -4,7 +4,8 @@ What Twilio does once a call is answered: it fetches the app's TwiML (signed), r
 `<Connect><ConversationRelay>` it answers, opens the WebSocket named there with an
 X-Twilio-Signature on the upgrade request, sends `setup`, then the callee's words as
 `prompt` messages (and `interrupt`, `dtmf`), and receives the agent's `text` tokens and `end`.
-When the session ends it posts to the `<Connect action>` URL, and the call completes.
+When the session ends it posts to the `<Connect action>` URL, and the call completes. An inbound
+call starts with `ring`: Twilio posts to the number's voice URL, whose answer is that TwiML.
 
     relay = await answer(twilio_standin, client, live, call_sid)
     await relay.say("Hello?")
@@ -270,3 +271,22 @@ async def answer(
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/xml")
     return await connect_relay(standin, client, live, call_sid, RelayTwiml.parse(r.text))
+
+
+async def ring(
+    standin: TwilioStandin, client: httpx.AsyncClient, to: str, caller: str
+) -> tuple[str, httpx.Response]:
+    """A call from `caller` reaches our number `to`: Twilio posts to the number's voice URL,
+    signed. Returns the new Call SID and the app's answer (its TwiML)."""
+    sid = standin.add_call(to, caller, direction="inbound", status="ringing")
+    params = {
+        "AccountSid": standin.account_sid,
+        "CallSid": sid,
+        "From": caller,
+        "To": to,
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+        "ApiVersion": "2010-04-01",
+    }
+    url = "https://talkstack.test/twilio/voice/inbound"
+    return sid, await post_signed(standin, client, url, params)
