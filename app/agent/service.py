@@ -15,7 +15,7 @@ from app.models import Agent, PhoneNumber, Project, User
 from app.phone import to_e164
 from app.phone_number.release import clear_voice_urls
 from app.phone_number.service import assign_number, release_agent_number
-from app.project.service import new_webhook_secret
+from app.project.service import ensure_webhook_secret
 from app.project.webhook_url import validate_webhook_url
 
 # API field -> model attribute, for the fields PUT /agent may change.
@@ -122,11 +122,7 @@ async def _checked_extras(ctx: AppContext, fields: dict[str, Any]) -> dict[str, 
 def ensure_signing_secret(project: Project, agent: Agent) -> str | None:
     """Tool requests are signed like webhook deliveries, with the project's secret: made here
     for a project that has none yet (returned once, to be shown once)."""
-    if agent.tools and project.webhook_secret is None:
-        project.webhook_secret = new_webhook_secret()
-        project.updated_at = utcnow()
-        return project.webhook_secret
-    return None
+    return ensure_webhook_secret(project) if agent.tools else None
 
 
 def _plain(items: list[Any]) -> list[dict[str, Any]]:

@@ -90,16 +90,23 @@ def new_webhook_secret() -> str:
     return "whsec_" + secrets.token_urlsafe(32)
 
 
+def ensure_webhook_secret(project: Project) -> str | None:
+    """Give the project its webhook secret (which signs webhook deliveries and tool requests)
+    if it has none yet; return it only when new, to be shown once."""
+    if project.webhook_secret is not None:
+        return None
+    project.webhook_secret = new_webhook_secret()
+    project.updated_at = utcnow()
+    return project.webhook_secret
+
+
 async def set_webhook(ctx: AppContext, project: Project, url: str) -> str | None:
     """Point the project's call-status webhook at `url`; return the secret if newly created."""
     project.call_status_webhook = await validate_webhook_url(
         url, allow_private=ctx.settings.webhook_allow_private_hosts
     )
     project.updated_at = utcnow()
-    if project.webhook_secret is None:
-        project.webhook_secret = new_webhook_secret()
-        return project.webhook_secret
-    return None
+    return ensure_webhook_secret(project)
 
 
 async def update_project(
