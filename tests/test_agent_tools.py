@@ -1,4 +1,5 @@
-"""The agent's abilities in a live call: custom webhook tools, the keypad, transfer to a human.
+"""The agent's abilities in a live call: custom webhook tools, the keypad, voicemail, success
+criteria (transfers to a human: tests/test_agent_transfer.py).
 
 Each test plays Twilio's part over the real relay WebSocket (tests/standins/twilio_relay.py),
 with the LLM stand-in scripting the model's tool calls and a real HTTP server as the user's
@@ -9,7 +10,6 @@ told (its requests), what the tool receives (signed), and what is stored.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -30,26 +30,18 @@ from tests.factories import (
     dial,
     eventually,
 )
-from tests.standins.receiver import WebhookReceiver, running_receiver
 from tests.standins.server import running
 from tests.standins.tool_server import ToolServer
 from tests.standins.twilio_relay import LiveServer, answer
 
 FROM = "+14155550100"
 TO = CALLEE
-HUMAN = "+14155550177"
 
 
 @pytest.fixture
 def tools() -> Iterator[ToolServer]:
     with running(ToolServer()) as server:
         yield server
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with running_receiver() as r:
-        yield r
 
 
 @pytest.fixture
@@ -246,101 +238,9 @@ async def test_the_agent_presses_digits_to_get_through_a_menu(
     ]
 
 
-# -- transfer to a human --------------------------------------------------------------------------
-
-
-async def test_a_cold_transfer_ends_the_relay_and_dials_the_human(
-    app, client, mailbox, live, twilio_standin, llm, receiver
-):
-    setup = await calling_agent(
-        client,
-        mailbox,
-        twilio_standin,
-        number=FROM,
-        webhook_url=receiver.url,
-        agent={"systemInstruction": "You are Jack.", "transferNumber": HUMAN},
-    )
-    sid = await dial(client, setup)
-    relay = await answer(twilio_standin, client, live, sid)
-    llm.reply_tool_call(
-        "transfer_call",
-        {"reason": "wants a person", "summary": "John wants to move his Friday appointment."},
-        text="Let me put you through to a colleague.",
-    )
-
-    await relay.say("Can I talk to a person?")
-    assert await relay.reply() == "Let me put you through to a colleague."
-    end = await relay.ended()
-    handoff = json.loads(end["handoffData"])
-    assert handoff["reason"] == "transferred"
-    assert handoff["transfer"]["to"] == HUMAN and handoff["transfer"]["mode"] == "cold"
-    assert "transfer_call" in llm.requests[0].tool_names
-
-    r = await relay.finish(handoff=end["handoffData"])
-    assert r.status_code == 200
-    dial_el = ET.fromstring(r.text).find("Dial")  # noqa: S314 (the app's TwiML)
-    assert dial_el is not None and dial_el.text == HUMAN
-    assert dial_el.attrib["callerId"] == FROM and dial_el.attrib["answerOnBridge"] == "true"
-    call = await eventually(app, sid, lambda c: c.ended_reason == "transferred")
-    assert call.transferred_to == HUMAN
-    r = await client.post("/call", json={"sid": sid}, headers=setup.key)
-    assert r.json()["transferredTo"] == HUMAN and r.json()["endedReason"] == "transferred"
-    assert call.transcript[-1]["role"] == "tool" and call.transcript[-1]["name"] == "transfer_call"
-    # The project's webhook hears of it, with the call as it now is.
-    deadline = time.monotonic() + 10
-    while not any(json.loads(d.body)["event"] == "call.transferred" for d in receiver.deliveries):
-        assert time.monotonic() < deadline, [
-            json.loads(d.body)["event"] for d in receiver.deliveries
-        ]
-        await asyncio.sleep(0.02)
-    [event] = [
-        json.loads(d.body)
-        for d in receiver.deliveries
-        if json.loads(d.body)["event"] == "call.transferred"
-    ]
-    assert event["call"]["transferredTo"] == HUMAN and event["call"]["callSid"] == sid
-
-
-async def test_a_handoff_to_another_number_is_never_dialed(
-    app, client, mailbox, live, twilio_standin, llm
-):
-    setup = await agent_with(client, mailbox, twilio_standin, transferNumber=HUMAN)
-    sid = await dial(client, setup)
-    relay = await answer(twilio_standin, client, live, sid)
-    forged = json.dumps({"reason": "transferred", "transfer": {"to": "+19005550100"}})
-    r = await relay.finish(handoff=forged)
-    assert ET.fromstring(r.text).find("Dial") is None  # noqa: S314 (the app's TwiML)
-    assert ET.fromstring(r.text).find("Hangup") is not None  # noqa: S314 (the app's TwiML)
-    assert (await call_row(app, sid)).transferred_to is None
-
-
-async def test_an_agent_without_a_transfer_number_is_not_offered_the_tool(
-    app, client, mailbox, live, twilio_standin, llm
-):
-    setup = await agent_with(client, mailbox, twilio_standin)
-    sid = await dial(client, setup)
-    relay = await answer(twilio_standin, client, live, sid)
-    # A model that calls it anyway gets nowhere: no number, no transfer.
-    llm.reply_tool_call("transfer_call", {"reason": "x"})
-    llm.reply_text("How else can I help?")
-    await relay.say("Put me through.")
-    assert await relay.reply() == "How else can I help?"
-    assert llm.requests[0].tool_names == ["end_call", "press_digits"]
-    assert "no tool called transfer_call" in llm.requests[1].messages[-1]["content"]
-
-
 # -- voicemail -------------------------------------------------------------------------------------
 
 MESSAGE = "Hi {{name}}, this is Jack from the clinic. Please call us back."
-
-
-def redirects(twilio_standin, sid: str) -> list[str]:
-    """The TwiML the app replaced the live call's with."""
-    return [
-        r.form["Twiml"][0]
-        for r in twilio_standin.requests_to(f"/Calls/{sid}.json", "POST")
-        if "Twiml" in r.form
-    ]
 
 
 async def amd(client, twilio_standin, sid: str, answered_by: str) -> None:
@@ -359,10 +259,10 @@ async def test_a_voicemail_message_is_left_after_the_beep(
 
     await amd(client, twilio_standin, sid, "machine_end_beep")
     deadline = time.monotonic() + 5
-    while not redirects(twilio_standin, sid):
+    while not twilio_standin.redirects(sid):
         assert time.monotonic() < deadline, "the message was never left"
         await asyncio.sleep(0.02)
-    [document] = redirects(twilio_standin, sid)
+    [document] = twilio_standin.redirects(sid)
     say = ET.fromstring(document).find("Say")  # noqa: S314 (the app's TwiML)
     assert (
         say is not None
@@ -381,7 +281,7 @@ async def test_a_voicemail_message_is_left_after_the_beep(
     )
     assert call.transcript[-1]["voicemail"] is True
     assert call.transcript[-1]["text"].startswith("Hi John,")
-    assert len(redirects(twilio_standin, sid)) == 1
+    assert len(twilio_standin.redirects(sid)) == 1
 
 
 @pytest.mark.parametrize("answered_by", ["human", "machine_start", "fax"])
@@ -392,7 +292,7 @@ async def test_no_message_unless_a_machine_greeting_is_over(
     sid = await dial(client, setup, name="John")
     await amd(client, twilio_standin, sid, answered_by)
     await asyncio.sleep(0.3)
-    assert redirects(twilio_standin, sid) == []
+    assert twilio_standin.redirects(sid) == []
     assert (await call_row(app, sid)).ended_reason is None
 
 
@@ -404,7 +304,7 @@ async def test_an_agent_without_a_message_hangs_up_on_machines_as_before(
     assert twilio_standin.created_calls[-1]["MachineDetection"] == ["Enable"]
     await amd(client, twilio_standin, sid, "machine_end_beep")
     await asyncio.sleep(0.3)
-    assert redirects(twilio_standin, sid) == []
+    assert twilio_standin.redirects(sid) == []
 
 
 async def test_a_message_needing_a_missing_variable_is_400_and_dials_nothing(
@@ -508,83 +408,6 @@ async def test_without_criteria_the_analysis_has_no_verdict(
     assert schema is not None and "successful" not in schema["properties"]
 
 
-async def warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm):
-    setup = await agent_with(
-        client, mailbox, twilio_standin, transferNumber=HUMAN, transferMode="warm"
-    )
-    sid = await dial(client, setup)
-    relay = await answer(twilio_standin, client, live, sid)
-    llm.reply_tool_call(
-        "transfer_call",
-        {"reason": "billing", "summary": "John disputes his last invoice."},
-        text="One moment, I'll get a colleague.",
-    )
-    await relay.say("I want to talk about my bill with a person.")
-    assert await relay.reply() == "One moment, I'll get a colleague."
-    end = await relay.ended()
-    return sid, relay, end["handoffData"]
-
-
-async def test_a_warm_transfer_briefs_the_human_then_joins_them_in_a_conference(
-    app, client, mailbox, live, twilio_standin, llm
-):
-    sid, relay, handoff = await warm_transfer_to_handoff(
-        app, client, mailbox, live, twilio_standin, llm
-    )
-    r = await relay.finish(handoff=handoff)
-    call = await call_row(app, sid)
-    room = f"talkstack-{call.id}"
-    # The callee waits in the conference, which starts when the human joins.
-    conf = ET.fromstring(r.text).find("Dial/Conference")  # noqa: S314 (the app's TwiML)
-    assert conf is not None and conf.text == room
-    assert conf.attrib["startConferenceOnEnter"] == "false"
-    assert conf.attrib["endConferenceOnExit"] == "true"
-    # The human is called, hears the briefing, then joins.
-    human = twilio_standin.created_calls[-1]
-    assert human["To"] == [HUMAN] and human["From"] == [FROM]
-    assert human["StatusCallback"] == [
-        f"https://talkstack.test/twilio/calls/{call.id}/transfer-status"
-    ]
-    leg = ET.fromstring(human["Twiml"][0])  # noqa: S314
-    say = leg.find("Say")
-    assert say is not None and "John disputes his last invoice." in (say.text or "")
-    joined = leg.find("Dial/Conference")
-    assert joined is not None and joined.text == room
-    assert joined.attrib["startConferenceOnEnter"] == "true"
-    assert (call.ended_reason, call.transferred_to) == ("transferred", HUMAN)
-
-
-async def test_a_warm_transfer_nobody_answers_tells_the_callee_and_ends(
-    app, client, mailbox, live, twilio_standin, llm
-):
-    sid, relay, handoff = await warm_transfer_to_handoff(
-        app, client, mailbox, live, twilio_standin, llm
-    )
-    await relay.finish(handoff=handoff)
-    human_sid = twilio_standin.call_sids[-1]
-    assert twilio_standin.call(human_sid)["to"] == HUMAN
-    twilio_standin.set_call(sid, status="in-progress")  # the callee is on hold, live
-    cb = twilio_standin.callback(human_sid, "status", CallStatus="no-answer")
-    assert (await twilio_standin.deliver(client, cb)).status_code == 204
-
-    [document] = redirects(twilio_standin, sid)
-    say = ET.fromstring(document).find("Say")  # noqa: S314
-    assert say is not None and "nobody could take your call" in (say.text or "")
-    assert (await call_row(app, sid)).ended_reason == "transfer-failed"
-
-
-async def test_a_warm_transfer_twilio_refuses_falls_back_to_cold(
-    app, client, mailbox, live, twilio_standin, llm
-):
-    _, relay, handoff = await warm_transfer_to_handoff(
-        app, client, mailbox, live, twilio_standin, llm
-    )
-    twilio_standin.make_undialable(HUMAN, 21215)
-    r = await relay.finish(handoff=handoff)
-    dial_el = ET.fromstring(r.text).find("Dial")  # noqa: S314
-    assert dial_el is not None and dial_el.text == HUMAN  # still reaches the human, unbriefed
-
-
 @pytest.mark.parametrize("settings_overrides", [{"run_jobs_in_process": False}], indirect=True)
 async def test_the_message_is_left_at_most_once(app, client, mailbox, twilio_standin):
     from app.conversation import voicemail
@@ -601,7 +424,7 @@ async def test_the_message_is_left_at_most_once(app, client, mailbox, twilio_sta
         voicemail.leave_message(app.state.ctx, job), voicemail.leave_message(app.state.ctx, job)
     )
     await amd(client, twilio_standin, sid, "machine_end_beep")  # a repeated verdict: no job
-    assert len(redirects(twilio_standin, sid)) == 1
+    assert len(twilio_standin.redirects(sid)) == 1
     call = await call_row(app, sid)
     assert call.ended_reason == "voicemail"
     assert [t["text"] for t in call.transcript if t.get("voicemail")] == [

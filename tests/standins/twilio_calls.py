@@ -365,6 +365,17 @@ class CallsResource:
         with self._lock:
             self._undialable[e164] = (code, text.format(to=e164))
 
+    def redirects(self, sid: str) -> list[str]:
+        """The TwiML documents the app asked to replace call `sid`'s with (refused ones too)."""
+        return [
+            r.form["Twiml"][0]
+            for r in self.requests_to(f"/Calls/{sid}.json", "POST")
+            if "Twiml" in r.form
+        ]
+
+    def requests_to(self, path_suffix: str, method: str | None = None) -> list[RecordedRequest]:
+        raise NotImplementedError  # TwilioStandin's
+
     @property
     def call_sids(self) -> list[str]:
         """Every call the stand-in knows, oldest first."""

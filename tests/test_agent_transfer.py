@@ -1,0 +1,218 @@
+"""Transfer to a human in a live call: cold (dialed through) and warm (the human briefed first).
+
+Each test plays Twilio's part over the real relay WebSocket (tests/standins/twilio_relay.py) and
+the Twilio REST stand-in, with the LLM stand-in scripting the model's `transfer_call`. What is
+checked is what the callee hears, the TwiML Twilio gets, the calls and redirects Twilio is
+asked for, what is stored and what the project's webhook hears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.factories import CallingAgent, call_row, calling_agent, dial, eventually
+from tests.standins.receiver import WebhookReceiver, running_receiver
+from tests.standins.twilio_relay import LiveServer, answer
+
+FROM = "+14155550100"
+HUMAN = "+14155550177"
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    with running_receiver() as r:
+        yield r
+
+
+@pytest.fixture
+def settings_overrides(request, twilio_standin, llm) -> dict[str, Any]:
+    return {
+        **twilio_standin.settings_overrides(),
+        **llm.settings_overrides(),
+        "webhook_allow_private_hosts": True,  # the webhook receiver is on 127.0.0.1
+        "job_poll_interval_seconds": 0.05,
+        "conversation_speech_chars_per_second": 1e6,
+        "conversation_silence_seconds": 30.0,
+        **getattr(request, "param", {}),
+    }
+
+
+@pytest.fixture
+async def live(app):
+    async with LiveServer(app) as server:
+        yield server
+
+
+async def agent_with(client, mailbox, twilio_standin, **fields: Any) -> CallingAgent:
+    agent = {"systemInstruction": "You are Jack from the clinic.", **fields}
+    return await calling_agent(client, mailbox, twilio_standin, number=FROM, agent=agent)
+
+
+# -- cold ---------------------------------------------------------------------------------------
+
+
+async def test_a_cold_transfer_ends_the_relay_and_dials_the_human(
+    app, client, mailbox, live, twilio_standin, llm, receiver
+):
+    setup = await calling_agent(
+        client,
+        mailbox,
+        twilio_standin,
+        number=FROM,
+        webhook_url=receiver.url,
+        agent={"systemInstruction": "You are Jack.", "transferNumber": HUMAN},
+    )
+    sid = await dial(client, setup)
+    relay = await answer(twilio_standin, client, live, sid)
+    llm.reply_tool_call(
+        "transfer_call",
+        {"reason": "wants a person", "summary": "John wants to move his Friday appointment."},
+        text="Let me put you through to a colleague.",
+    )
+
+    await relay.say("Can I talk to a person?")
+    assert await relay.reply() == "Let me put you through to a colleague."
+    end = await relay.ended()
+    handoff = json.loads(end["handoffData"])
+    assert handoff["reason"] == "transferred"
+    assert handoff["transfer"]["to"] == HUMAN and handoff["transfer"]["mode"] == "cold"
+    assert "transfer_call" in llm.requests[0].tool_names
+
+    r = await relay.finish(handoff=end["handoffData"])
+    assert r.status_code == 200
+    dial_el = ET.fromstring(r.text).find("Dial")  # noqa: S314 (the app's TwiML)
+    assert dial_el is not None and dial_el.text == HUMAN
+    assert dial_el.attrib["callerId"] == FROM and dial_el.attrib["answerOnBridge"] == "true"
+    call = await eventually(app, sid, lambda c: c.ended_reason == "transferred")
+    assert call.transferred_to == HUMAN
+    r = await client.post("/call", json={"sid": sid}, headers=setup.key)
+    assert r.json()["transferredTo"] == HUMAN and r.json()["endedReason"] == "transferred"
+    assert call.transcript[-1]["role"] == "tool" and call.transcript[-1]["name"] == "transfer_call"
+    # The project's webhook hears of it, with the call as it now is.
+    deadline = time.monotonic() + 10
+    while not any(json.loads(d.body)["event"] == "call.transferred" for d in receiver.deliveries):
+        assert time.monotonic() < deadline, [
+            json.loads(d.body)["event"] for d in receiver.deliveries
+        ]
+        await asyncio.sleep(0.02)
+    [event] = [
+        json.loads(d.body)
+        for d in receiver.deliveries
+        if json.loads(d.body)["event"] == "call.transferred"
+    ]
+    assert event["call"]["transferredTo"] == HUMAN and event["call"]["callSid"] == sid
+
+
+async def test_a_handoff_to_another_number_is_never_dialed(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    setup = await agent_with(client, mailbox, twilio_standin, transferNumber=HUMAN)
+    sid = await dial(client, setup)
+    relay = await answer(twilio_standin, client, live, sid)
+    forged = json.dumps({"reason": "transferred", "transfer": {"to": "+19005550100"}})
+    r = await relay.finish(handoff=forged)
+    assert ET.fromstring(r.text).find("Dial") is None  # noqa: S314 (the app's TwiML)
+    assert ET.fromstring(r.text).find("Hangup") is not None  # noqa: S314 (the app's TwiML)
+    assert (await call_row(app, sid)).transferred_to is None
+
+
+async def test_an_agent_without_a_transfer_number_is_not_offered_the_tool(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    setup = await agent_with(client, mailbox, twilio_standin)
+    sid = await dial(client, setup)
+    relay = await answer(twilio_standin, client, live, sid)
+    # A model that calls it anyway gets nowhere: no number, no transfer.
+    llm.reply_tool_call("transfer_call", {"reason": "x"})
+    llm.reply_text("How else can I help?")
+    await relay.say("Put me through.")
+    assert await relay.reply() == "How else can I help?"
+    assert llm.requests[0].tool_names == ["end_call", "press_digits"]
+    assert "no tool called transfer_call" in llm.requests[1].messages[-1]["content"]
+
+
+# -- warm ---------------------------------------------------------------------------------------
+
+
+async def warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm):
+    setup = await agent_with(
+        client, mailbox, twilio_standin, transferNumber=HUMAN, transferMode="warm"
+    )
+    sid = await dial(client, setup)
+    relay = await answer(twilio_standin, client, live, sid)
+    llm.reply_tool_call(
+        "transfer_call",
+        {"reason": "billing", "summary": "John disputes his last invoice."},
+        text="One moment, I'll get a colleague.",
+    )
+    await relay.say("I want to talk about my bill with a person.")
+    assert await relay.reply() == "One moment, I'll get a colleague."
+    end = await relay.ended()
+    return sid, relay, end["handoffData"]
+
+
+async def test_a_warm_transfer_briefs_the_human_then_joins_them_in_a_conference(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    sid, relay, handoff = await warm_transfer_to_handoff(
+        app, client, mailbox, live, twilio_standin, llm
+    )
+    r = await relay.finish(handoff=handoff)
+    call = await call_row(app, sid)
+    room = f"talkstack-{call.id}"
+    # The callee waits in the conference, which starts when the human joins.
+    conf = ET.fromstring(r.text).find("Dial/Conference")  # noqa: S314 (the app's TwiML)
+    assert conf is not None and conf.text == room
+    assert conf.attrib["startConferenceOnEnter"] == "false"
+    assert conf.attrib["endConferenceOnExit"] == "true"
+    # The human is called, hears the briefing, then joins.
+    human = twilio_standin.created_calls[-1]
+    assert human["To"] == [HUMAN] and human["From"] == [FROM]
+    assert human["StatusCallback"] == [
+        f"https://talkstack.test/twilio/calls/{call.id}/transfer-status"
+    ]
+    leg = ET.fromstring(human["Twiml"][0])  # noqa: S314
+    say = leg.find("Say")
+    assert say is not None and "John disputes his last invoice." in (say.text or "")
+    joined = leg.find("Dial/Conference")
+    assert joined is not None and joined.text == room
+    assert joined.attrib["startConferenceOnEnter"] == "true"
+    assert (call.ended_reason, call.transferred_to) == ("transferred", HUMAN)
+
+
+async def test_a_warm_transfer_nobody_answers_tells_the_callee_and_ends(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    sid, relay, handoff = await warm_transfer_to_handoff(
+        app, client, mailbox, live, twilio_standin, llm
+    )
+    await relay.finish(handoff=handoff)
+    human_sid = twilio_standin.call_sids[-1]
+    assert twilio_standin.call(human_sid)["to"] == HUMAN
+    twilio_standin.set_call(sid, status="in-progress")  # the callee is on hold, live
+    cb = twilio_standin.callback(human_sid, "status", CallStatus="no-answer")
+    assert (await twilio_standin.deliver(client, cb)).status_code == 204
+
+    [document] = twilio_standin.redirects(sid)
+    say = ET.fromstring(document).find("Say")  # noqa: S314
+    assert say is not None and "nobody could take your call" in (say.text or "")
+    assert (await call_row(app, sid)).ended_reason == "transfer-failed"
+
+
+async def test_a_warm_transfer_twilio_refuses_falls_back_to_cold(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    _, relay, handoff = await warm_transfer_to_handoff(
+        app, client, mailbox, live, twilio_standin, llm
+    )
+    twilio_standin.make_undialable(HUMAN, 21215)
+    r = await relay.finish(handoff=handoff)
+    dial_el = ET.fromstring(r.text).find("Dial")  # noqa: S314
+    assert dial_el is not None and dial_el.text == HUMAN  # still reaches the human, unbriefed
