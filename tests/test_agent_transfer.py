@@ -13,13 +13,14 @@ import json
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from tests.factories import CallingAgent, call_row, calling_agent, dial, eventually
 from tests.standins.receiver import WebhookReceiver, running_receiver
-from tests.standins.twilio_relay import LiveServer, answer
+from tests.standins.twilio_relay import LiveServer, RelaySession, answer, post_signed
 
 FROM = "+14155550100"
 HUMAN = "+14155550177"
@@ -141,9 +142,30 @@ async def test_an_agent_without_a_transfer_number_is_not_offered_the_tool(
 # -- warm ---------------------------------------------------------------------------------------
 
 
-async def warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm):
-    setup = await agent_with(
-        client, mailbox, twilio_standin, transferNumber=HUMAN, transferMode="warm"
+@dataclass
+class WarmCall:
+    """A call whose agent has just asked for a warm transfer (the relay sent its `end`)."""
+
+    setup: CallingAgent
+    sid: str
+    relay: RelaySession
+    handoff: str  # the end message's handoffData, which Twilio posts back
+
+
+async def warm_transfer_to_handoff(
+    app, client, mailbox, live, twilio_standin, llm, *, webhook_url: str | None = None
+) -> WarmCall:
+    setup = await calling_agent(
+        client,
+        mailbox,
+        twilio_standin,
+        number=FROM,
+        webhook_url=webhook_url,
+        agent={
+            "systemInstruction": "You are Jack from the clinic.",
+            "transferNumber": HUMAN,
+            "transferMode": "warm",
+        },
     )
     sid = await dial(client, setup)
     relay = await answer(twilio_standin, client, live, sid)
@@ -155,17 +177,28 @@ async def warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, l
     await relay.say("I want to talk about my bill with a person.")
     assert await relay.reply() == "One moment, I'll get a colleague."
     end = await relay.ended()
-    return sid, relay, end["handoffData"]
+    return WarmCall(setup, sid, relay, end["handoffData"])
+
+
+async def leg_status(twilio_standin, client, human_sid: str, status: str, **fields: Any) -> None:
+    """Twilio reports the progress of the human's call (to its own status callback)."""
+    cb = twilio_standin.callback(human_sid, "status", CallStatus=status, **fields)
+    assert (await twilio_standin.deliver(client, cb)).status_code == 204
+
+
+async def call_object(client, warm: WarmCall) -> dict[str, Any]:
+    r = await client.post("/call", json={"sid": warm.sid}, headers=warm.setup.key)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
 
 
 async def test_a_warm_transfer_briefs_the_human_then_joins_them_in_a_conference(
     app, client, mailbox, live, twilio_standin, llm
 ):
-    sid, relay, handoff = await warm_transfer_to_handoff(
-        app, client, mailbox, live, twilio_standin, llm
-    )
-    r = await relay.finish(handoff=handoff)
-    call = await call_row(app, sid)
+    warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
+    r = await warm.relay.finish(handoff=warm.handoff)
+    call = await call_row(app, warm.sid)
     room = f"talkstack-{call.id}"
     # The callee waits in the conference, which starts when the human joins.
     conf = ET.fromstring(r.text).find("Dial/Conference")  # noqa: S314 (the app's TwiML)
@@ -190,10 +223,9 @@ async def test_a_warm_transfer_briefs_the_human_then_joins_them_in_a_conference(
 async def test_a_warm_transfer_nobody_answers_tells_the_callee_and_ends(
     app, client, mailbox, live, twilio_standin, llm
 ):
-    sid, relay, handoff = await warm_transfer_to_handoff(
-        app, client, mailbox, live, twilio_standin, llm
-    )
-    await relay.finish(handoff=handoff)
+    warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
+    sid = warm.sid
+    await warm.relay.finish(handoff=warm.handoff)
     human_sid = twilio_standin.call_sids[-1]
     assert twilio_standin.call(human_sid)["to"] == HUMAN
     twilio_standin.set_call(sid, status="in-progress")  # the callee is on hold, live
@@ -203,16 +235,73 @@ async def test_a_warm_transfer_nobody_answers_tells_the_callee_and_ends(
     [document] = twilio_standin.redirects(sid)
     say = ET.fromstring(document).find("Say")  # noqa: S314
     assert say is not None and "nobody could take your call" in (say.text or "")
-    assert (await call_row(app, sid)).ended_reason == "transfer-failed"
+    call = await call_row(app, sid)
+    assert call.ended_reason == "transfer-failed"
+    assert (call.transfer_call_sid, call.transfer_status, call.transfer_seconds) == (
+        human_sid,
+        "no-answer",
+        0,
+    )
 
 
 async def test_a_warm_transfer_twilio_refuses_falls_back_to_cold(
     app, client, mailbox, live, twilio_standin, llm
 ):
-    _, relay, handoff = await warm_transfer_to_handoff(
-        app, client, mailbox, live, twilio_standin, llm
-    )
+    warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
     twilio_standin.make_undialable(HUMAN, 21215)
-    r = await relay.finish(handoff=handoff)
+    r = await warm.relay.finish(handoff=warm.handoff)
     dial_el = ET.fromstring(r.text).find("Dial")  # noqa: S314
     assert dial_el is not None and dial_el.text == HUMAN  # still reaches the human, unbriefed
+
+
+# -- the human's call -------------------------------------------------------------------------
+
+
+async def test_the_humans_call_is_recorded_with_its_duration_and_price(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
+    await warm.relay.finish(handoff=warm.handoff)
+    human_sid = twilio_standin.call_sids[-1]
+    body = await call_object(client, warm)
+    assert (body["transferCallSid"], body["transferStatus"]) == (human_sid, "queued")
+    assert (body["transferSeconds"], body["transferCost"]) == (None, None)
+
+    # Signed, to the right URL, but about another call: not this transfer's.
+    call = await call_row(app, warm.sid)
+    stray = {
+        "AccountSid": twilio_standin.account_sid,
+        "CallSid": "CA" + "9" * 32,
+        "CallStatus": "busy",
+        "CallDuration": "0",
+    }
+    url = f"https://talkstack.test/twilio/calls/{call.id}/transfer-status"
+    assert (await post_signed(twilio_standin, client, url, stray)).status_code == 204
+    assert (await call_object(client, warm))["transferStatus"] == "queued"
+
+    for status in ("initiated", "ringing", "in-progress"):
+        await leg_status(twilio_standin, client, human_sid, status)
+    twilio_standin.set_call(human_sid, price="-0.02550")
+    await leg_status(twilio_standin, client, human_sid, "completed", CallDuration="95")
+    await leg_status(twilio_standin, client, human_sid, "ringing")  # late: changes nothing
+
+    await eventually(app, warm.sid, lambda c: c.transfer_cost is not None)
+    body = await call_object(client, warm)
+    assert (
+        body["transferCallSid"],
+        body["transferStatus"],
+        body["transferSeconds"],
+        body["transferCost"],
+    ) == (human_sid, "completed", 95, 0.0255)
+    # The callee's own call is priced on its own (when it completes), never with the human's.
+    assert body["cost"] is None and body["endedReason"] == "transferred"
+    assert twilio_standin.requests_to(f"/Calls/{human_sid}.json", "GET")
+    assert twilio_standin.redirects(warm.sid) == []  # the human took the call
+
+
+async def test_the_call_object_documents_the_transfer_fields(client):
+    schema = (await client.get("/openapi.json")).json()["components"]["schemas"]["CallOut"]
+    for name in ("transferCallSid", "transferStatus", "transferSeconds", "transferCost"):
+        assert schema["properties"][name]["description"], name
+        assert schema["properties"][name]["examples"], name
+        assert name not in schema["required"]  # optional: old clients never miss it

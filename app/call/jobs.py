@@ -24,24 +24,31 @@ log = logging.getLogger("talkstack.call.jobs")
 TWILIO_NOT_FOUND = 20404
 
 
+# A price job's `leg`: the warm transfer's call to the human, priced into `transfer_cost`.
+TRANSFER_LEG = "transfer"
+
+
 async def _twilio_sid(
-    ctx: AppContext, call_id: uuid.UUID, *, unless_final: bool = False
+    ctx: AppContext, call_id: uuid.UUID, *, unless_final: bool = False, leg: str | None = None
 ) -> str | None:
-    """The call's Call SID, read in a short session of its own (Twilio is asked outside any
-    transaction); None when the call is gone, was never placed, or (`unless_final`) is final."""
+    """The call's Call SID (or its transfer leg's), read in a short session of its own (Twilio
+    is asked outside any transaction); None when the call is gone, was never placed, or
+    (`unless_final`) is final."""
     async with ctx.sessionmaker() as session:
         call = await session.get(Call, call_id)
     if call is None or (unless_final and call.status in states.FINAL):
         return None
-    return call.call_sid
+    return call.transfer_call_sid if leg == TRANSFER_LEG else call.call_sid
 
 
 async def fetch_price(ctx: AppContext, job: Job) -> None:
-    """Store Twilio's price of a finished call (positive); Twilio may take minutes to set it."""
+    """Store Twilio's price of a finished call (positive), or of its warm transfer's call to
+    the human (`leg`); Twilio may take minutes to set it."""
     if ctx.telephony is None:
         return
     call_id = uuid.UUID(job.payload["call_id"])
-    sid = await _twilio_sid(ctx, call_id)
+    leg = job.payload.get("leg")
+    sid = await _twilio_sid(ctx, call_id, leg=leg)
     if sid is None:
         return
     facts = await ctx.telephony.fetch_call(sid)
@@ -51,10 +58,15 @@ async def fetch_price(ctx: AppContext, job: Job) -> None:
         call = await session.get(Call, call_id)
         if call is None:
             return
-        call.cost = facts.price
-        call.cost_unit = facts.price_unit
-        if facts.duration_seconds is not None and not call.seconds:
-            call.seconds = facts.duration_seconds
+        if leg == TRANSFER_LEG:
+            call.transfer_cost = facts.price
+            if facts.duration_seconds is not None and not call.transfer_seconds:
+                call.transfer_seconds = facts.duration_seconds
+        else:
+            call.cost = facts.price
+            call.cost_unit = facts.price_unit
+            if facts.duration_seconds is not None and not call.seconds:
+                call.seconds = facts.duration_seconds
         await session.commit()
 
 

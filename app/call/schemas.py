@@ -47,6 +47,10 @@ CALL_EXAMPLE: dict[str, Any] = {
     "answeredBy": "human",
     "endedReason": None,
     "transferredTo": None,
+    "transferCallSid": None,
+    "transferStatus": None,
+    "transferSeconds": None,
+    "transferCost": None,
     "transcript": [],
 }
 
@@ -147,8 +151,34 @@ class CallOut(BaseModel):
     batchId: str | None
     answeredBy: str | None
     endedReason: str | None
-    # The human the agent transferred the call to (endedReason `transferred`).
+    # The human the agent transferred the call to (endedReason `transferred`, or the reason
+    # the call ended after a failed warm transfer sent the callee back to the agent).
     transferredTo: str | None = None
+    # A warm transfer's call to the human: a Twilio call of its own, billed on its own.
+    transferCallSid: str | None = Field(
+        default=None,
+        description="A warm transfer's call to the human (its own Twilio Call SID); null "
+        "without one.",
+        examples=["CA5b7c1e2d3f4a5b6c7d8e9f0a1b2c3d4e"],
+    )
+    transferStatus: str | None = Field(
+        default=None,
+        description="The latest Twilio status of that call: `completed` once the human "
+        "answered and hung up; `busy`, `no-answer`, `failed` or `canceled` when the transfer "
+        "failed.",
+        examples=["completed"],
+    )
+    transferSeconds: int | None = Field(
+        default=None,
+        description="That call's duration in seconds, once it is over.",
+        examples=[95],
+    )
+    transferCost: float | None = Field(
+        default=None,
+        description="That call's Twilio price (positive), once Twilio has priced it; not part "
+        "of `cost`.",
+        examples=[0.0255],
+    )
     transcript: list[dict[str, Any]]
 
     model_config = ConfigDict(populate_by_name=True, json_schema_extra={"example": CALL_EXAMPLE})
@@ -174,6 +204,10 @@ class CallOut(BaseModel):
             answeredBy=call.answered_by,
             endedReason=call.ended_reason,
             transferredTo=call.transferred_to,
+            transferCallSid=call.transfer_call_sid,
+            transferStatus=call.transfer_status,
+            transferSeconds=call.transfer_seconds,
+            transferCost=float(call.transfer_cost) if call.transfer_cost is not None else None,
             transcript=list(call.transcript),
         )
 

@@ -305,13 +305,10 @@ def _handoff(raw: str) -> dict[str, Any]:
     responses=_SIGNED,
     response_class=Response,
 )
-async def transfer_status(
-    call_id: uuid.UUID, params: Params, ctx: CtxDep, session: SessionDep
-) -> Response:
+async def transfer_status(call_id: uuid.UUID, params: Params, ctx: CtxDep) -> Response:
     """The progress of a warm transfer's call to the human (its own Call SID)."""
-    call = await session.get(Call, call_id)
-    if call is not None:
-        await transfer.human_leg_status(ctx, session, call, params)
+    # It runs its own transactions: Twilio is asked outside them.
+    await transfer.human_leg_status(ctx, call_id, params)
     return Response(status_code=204)
 
 

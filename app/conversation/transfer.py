@@ -3,28 +3,38 @@
 The agent's `transfer_call` tool ends the relay session with a transfer handoff; Twilio then asks
 the session's Connect action (app/conversation/router.py), whose answer is decided here:
 
-- cold: `<Dial>` the number; the two people talk, the agent is gone.
+- cold: `<Dial>` the number, with our number on the call as caller id; the two people talk,
+  the agent is gone.
 - warm: the callee waits in a conference (hold music) while the server calls the human, whose
   leg first hears a briefing (the summary the agent gave with the tool call), then joins and
-  starts the conference. If the human's leg ends unanswered (busy, no answer, failed), the
-  callee is told so and the call ends `transfer-failed`: never a caller on hold forever. If
-  Twilio refuses to call the human, the transfer falls back to cold.
+  starts the conference. If Twilio refuses to call the human, the transfer falls back to cold.
 
 The call records the target (`transferredTo`) and ends `transferred`; the project's webhook
 gets a `call.transferred` event.
+
+The human's leg of a warm transfer is a Twilio call of its own, billed on its own: its Call SID,
+status, duration and price are kept on the call (`transfer_*`), from its status callbacks and
+the price job. If that leg ends unanswered (busy, no answer, failed, canceled), the callee is
+told so and the call ends `transfer-failed`: never a caller on hold forever. Twilio is asked
+outside any transaction.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.call import status as states
+from app.call.callbacks import PRICE_ATTEMPTS, PRICE_JOB, same_call
 from app.call.events import call_changed
+from app.call.jobs import TRANSFER_LEG
 from app.context import AppContext
 from app.errors import AppError
+from app.jobs.queue import enqueue
 from app.models import Agent, Call
 from app.telephony import twiml
 
@@ -61,7 +71,7 @@ async def hand_over(
         room = f"talkstack-{call.id}"
         base = ctx.settings.public_base_url
         try:
-            await ctx.telephony.call_with_twiml(
+            leg = await ctx.telephony.call_with_twiml(
                 to=number,
                 from_=our_number(call),
                 twiml=twiml.conference(
@@ -72,27 +82,66 @@ async def hand_over(
         except AppError as exc:
             log.warning("call %s: the warm transfer's call failed (%s); cold", call.id, exc.message)
         else:
+            call.transfer_call_sid = leg.sid
+            call.transfer_status = leg.status
             log.info("call %s: warm transfer, the callee waits for the human", call.id)
             return twiml.conference(room, starts_it=False)
     log.info("call %s: transferred", call.id)
     return twiml.dial(number, caller_id=our_number(call))
 
 
-async def human_leg_status(
-    ctx: AppContext, session: AsyncSession, call: Call, params: Mapping[str, str]
-) -> None:
-    """The human's leg of a warm transfer moved on: if it ended unanswered, the waiting callee
-    is told and the call ends."""
-    if params.get("CallStatus") not in UNANSWERED or call.ended_reason != TRANSFERRED:
+async def human_leg_status(ctx: AppContext, call_id: uuid.UUID, params: Mapping[str, str]) -> None:
+    """The human's leg of a warm transfer moved on: recorded; when it ended unanswered, the
+    waiting callee is told and the call ends."""
+    async with ctx.sessionmaker() as session, session.begin():
+        call = await session.get(Call, call_id, with_for_update=True)
+        if call is None or not await _leg_moved(session, call, params):
+            return
+        status = call.transfer_status or ""
+        if status not in UNANSWERED or call.ended_reason != TRANSFERRED:
+            return
+        log.info("call %s: the human did not answer (%s)", call.id, status)
+        agent = await session.get(Agent, call.agent_id) if call.agent_id else None
+        language = agent.language if agent is not None else "en-US"
+        sid = None if call.status in states.FINAL else call.call_sid
+        call.ended_reason = FAILED
+        await call_changed(session, call)
+    if ctx.telephony is None or sid is None:
         return
-    if ctx.telephony is None or call.call_sid is None:
-        return
-    agent = await session.get(Agent, call.agent_id) if call.agent_id else None
-    language = agent.language if agent is not None else "en-US"
     try:
-        await ctx.telephony.redirect_call(call.call_sid, twiml.say_and_hang_up(NOBODY, language))
+        await ctx.telephony.redirect_call(sid, twiml.say_and_hang_up(NOBODY, language))
     except AppError as exc:
-        log.info("call %s: the callee left before the transfer failed (%s)", call.id, exc.message)
-    log.info("call %s: the human did not answer (%s)", call.id, params.get("CallStatus"))
-    call.ended_reason = FAILED
-    await call_changed(session, call)
+        log.info("call %s: the callee left before the transfer failed (%s)", call_id, exc.message)
+
+
+async def _leg_moved(session: AsyncSession, call: Call, params: Mapping[str, str]) -> bool:
+    """Apply a status callback of the human's leg (forward only); whether the leg moved on."""
+    sid = params.get("CallSid") or None
+    if not same_call(call.transfer_call_sid, sid):
+        log.warning("call %s: a transfer callback for another call (%s) ignored", call.id, sid)
+        return False
+    new = params.get("CallStatus", "")
+    if not states.advances(call.transfer_status or "queued", new):
+        return False
+    # The callback can beat the hand-over's transaction to storing the leg's SID.
+    call.transfer_call_sid = call.transfer_call_sid or sid
+    call.transfer_status = new
+    if new in states.FINAL:
+        call.transfer_seconds = _seconds(params.get("CallDuration"))
+    if new == "completed":
+        # Twilio prices a call after it ends: the same job as the call's own price.
+        await enqueue(
+            session,
+            kind=PRICE_JOB,
+            payload={"call_id": str(call.id), "leg": TRANSFER_LEG},
+            project_id=call.project_id,
+            max_attempts=PRICE_ATTEMPTS,
+        )
+    return True
+
+
+def _seconds(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0

@@ -58,10 +58,17 @@ class Call(TimestampMixin, Base):
     last_sequence: Mapped[int] = mapped_column(Integer, nullable=False, default=-1)
     answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The human the agent handed the call to (the agent's transferNumber at the time); kept
+    # when a warm transfer failed and the callee went back to the agent.
+    transferred_to: Mapped[str | None] = mapped_column(String(16))
+    # A warm transfer's call to the human, a Twilio call (and bill) of its own: its Call SID,
+    # its latest status, and once it is over its duration and price.
+    transfer_call_sid: Mapped[str | None] = mapped_column(String(34))
+    transfer_status: Mapped[str | None] = mapped_column(String(16))
+    transfer_seconds: Mapped[int | None] = mapped_column(Integer)
+    transfer_cost: Mapped[Decimal | None] = mapped_column(Numeric(12, 5))
     # HubSpot (app/hubspot): the contact called (given to makeCall, or found by the number) and
     # the call engagement logged for this call, so a retried sync updates instead of duplicating.
-    # The human the agent handed the call to (the agent's transferNumber at the time).
-    transferred_to: Mapped[str | None] = mapped_column(String(16))
     hubspot_contact_id: Mapped[str | None] = mapped_column(String(32))
     hubspot_call_id: Mapped[str | None] = mapped_column(String(32))
     # When a HubSpot sync last read this call: a recording that comes later needs another sync,
