@@ -20,10 +20,19 @@ import pytest
 
 from tests.factories import CallingAgent, call_row, calling_agent, dial, eventually
 from tests.standins.receiver import WebhookReceiver, running_receiver
-from tests.standins.twilio_relay import LiveServer, RelaySession, answer, post_signed
+from tests.standins.twilio_relay import (
+    LiveServer,
+    RelaySession,
+    RelayTwiml,
+    answer,
+    connect_relay,
+    post_signed,
+    ring,
+)
 
 FROM = "+14155550100"
 HUMAN = "+14155550177"
+CALLER = "+14155550199"  # who calls our number FROM, inbound
 
 
 @pytest.fixture
@@ -54,6 +63,14 @@ async def live(app):
 async def agent_with(client, mailbox, twilio_standin, **fields: Any) -> CallingAgent:
     agent = {"systemInstruction": "You are Jack from the clinic.", **fields}
     return await calling_agent(client, mailbox, twilio_standin, number=FROM, agent=agent)
+
+
+async def inbound_call(client, live, twilio_standin) -> tuple[str, RelaySession]:
+    """CALLER calls our number FROM; its agent answers."""
+    sid, r = await ring(twilio_standin, client, FROM, CALLER)
+    assert r.status_code == 200, r.text
+    twiml = RelayTwiml.parse(r.text)
+    return sid, await connect_relay(twilio_standin, client, live, sid, twiml, direction="inbound")
 
 
 # -- cold ---------------------------------------------------------------------------------------
@@ -109,6 +126,24 @@ async def test_a_cold_transfer_ends_the_relay_and_dials_the_human(
         if json.loads(d.body)["event"] == "call.transferred"
     ]
     assert event["call"]["transferredTo"] == HUMAN and event["call"]["callSid"] == sid
+
+
+async def test_a_cold_transfer_of_an_inbound_call_shows_our_number(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    await agent_with(client, mailbox, twilio_standin, transferNumber=HUMAN)
+    sid, relay = await inbound_call(client, live, twilio_standin)
+    llm.reply_tool_call("transfer_call", {"reason": "wants a person"}, text="Putting you through.")
+    await relay.say("A person, please.")
+    assert await relay.reply() == "Putting you through."
+    end = await relay.ended()
+    r = await relay.finish(handoff=end["handoffData"])
+    dial_el = ET.fromstring(r.text).find("Dial")  # noqa: S314 (the app's TwiML)
+    assert dial_el is not None and dial_el.text == HUMAN
+    # The caller id is our number, the one the caller dialed (the call's `to`), never theirs.
+    call = await call_row(app, sid)
+    assert (call.direction, call.from_number, call.to_number) == ("inbound", CALLER, FROM)
+    assert dial_el.attrib["callerId"] == FROM
 
 
 async def test_a_handoff_to_another_number_is_never_dialed(
