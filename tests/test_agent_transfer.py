@@ -255,28 +255,198 @@ async def test_a_warm_transfer_briefs_the_human_then_joins_them_in_a_conference(
     assert (call.ended_reason, call.transferred_to) == ("transferred", HUMAN)
 
 
-async def test_a_warm_transfer_nobody_answers_tells_the_callee_and_ends(
+async def events_of(receiver: WebhookReceiver, *names: str, within: float = 10.0) -> list[Any]:
+    """The project's webhook events (each once, in order) once every one of `names` came."""
+    deadline = time.monotonic() + within
+    while True:
+        seen: dict[str, Any] = {}
+        for delivery in receiver.deliveries:
+            body = json.loads(delivery.body)
+            seen.setdefault(body["id"], body)  # a retried delivery repeats its event id
+        events = list(seen.values())
+        if all(any(e["event"] == name for e in events) for name in names):
+            return events
+        assert time.monotonic() < deadline, [e["event"] for e in events]
+        await asyncio.sleep(0.02)
+
+
+async def human_does_not_answer(client, twilio_standin, warm: WarmCall, status: str) -> str:
+    """The callee waits on hold while the human's phone rings out (`status`); returns the
+    human's Call SID."""
+    human_sid = twilio_standin.call_sids[-1]
+    assert twilio_standin.call(human_sid)["to"] == HUMAN
+    await leg_status(twilio_standin, client, human_sid, status)
+    return str(human_sid)
+
+
+async def test_a_warm_transfer_nobody_answers_takes_the_callee_back_to_the_agent(
+    app, client, mailbox, live, twilio_standin, llm, receiver
+):
+    warm = await warm_transfer_to_handoff(
+        app, client, mailbox, live, twilio_standin, llm, webhook_url=receiver.url
+    )
+    await warm.relay.finish(handoff=warm.handoff)
+    call = await eventually(app, warm.sid, lambda c: len(c.transcript) == 3)  # session saved
+    human_sid = await human_does_not_answer(client, twilio_standin, warm, "no-answer")
+
+    # The callee leaves the conference for a new relay session of the same call: no greeting
+    # (the call is under way), no second recording.
+    [document] = twilio_standin.redirects(warm.sid)
+    resumed = RelayTwiml.parse(document)
+    assert resumed.url == f"wss://talkstack.test/twilio/calls/{call.id}/relay"
+    assert resumed.action == f"https://talkstack.test/twilio/calls/{call.id}/relay-ended"
+    assert "welcomeGreeting" not in resumed.attributes
+    assert ET.fromstring(document).find("Start") is None  # noqa: S314 (the app's TwiML)
+
+    # The agent speaks first: it knows the transfer failed and why, and cannot try again.
+    sorry = "I'm sorry, my colleague could not pick up. Can I help with the bill myself?"
+    llm.reply_text(sorry)
+    back = await connect_relay(twilio_standin, client, live, warm.sid, resumed)
+    assert await back.reply() == sorry
+    asked = llm.requests[-1]
+    assert "transfer_call" not in asked.tool_names and "end_call" in asked.tool_names
+    said = [(m["role"], m["content"]) for m in asked.messages[1:]]
+    assert said[:2] == [
+        ("user", "I want to talk about my bill with a person."),
+        ("assistant", "One moment, I'll get a colleague."),
+    ]
+    assert said[-1][0] == "system" and "The transfer failed: nobody answered." in said[-1][1]
+    assert len(said) == 3
+
+    # The conversation goes on, and the call ends as conversations end.
+    llm.reply_tool_call("end_call", {"reason": "done"}, text="Goodbye!")
+    await back.say("No thanks, bye.")
+    assert await back.reply() == "Goodbye!"
+    end = await back.ended()
+    assert json.loads(end["handoffData"]) == {"reason": "agent-ended"}
+    r = await back.finish(handoff=end["handoffData"])
+    assert ET.fromstring(r.text).find("Hangup") is not None  # noqa: S314
+    cb = twilio_standin.callback(warm.sid, "status", CallStatus="completed", CallDuration="64")
+    assert (await twilio_standin.deliver(client, cb)).status_code == 204
+    await eventually(app, warm.sid, lambda c: c.status == "completed" and len(c.transcript) == 7)
+    body = await call_object(client, warm)
+    assert (body["status"], body["endedReason"], body["transferredTo"]) == (
+        "completed",
+        "agent-ended",
+        HUMAN,
+    )
+    assert (body["transferCallSid"], body["transferStatus"]) == (human_sid, "no-answer")
+    assert [(t["role"], t.get("name") or t["text"]) for t in body["transcript"]] == [
+        ("user", "I want to talk about my bill with a person."),
+        ("agent", "One moment, I'll get a colleague."),
+        ("tool", "transfer_call"),
+        ("tool", "transfer_call"),
+        ("agent", sorry),
+        ("user", "No thanks, bye."),
+        ("agent", "Goodbye!"),
+    ]
+    failed = body["transcript"][3]
+    assert failed["transferFailed"] == "no-answer"
+    assert failed["result"] == "The transfer failed: nobody answered."
+
+    # The webhook heard of the transfer, then of its failure (the callee back with the agent).
+    events = await events_of(receiver, "call.transferred", "call.transfer_failed")
+    named = [e for e in events if e["event"] != "call.status"]
+    assert [e["event"] for e in named] == ["call.transferred", "call.transfer_failed"]
+    assert named[1]["call"]["endedReason"] is None
+    assert named[1]["call"]["transferStatus"] == "no-answer"
+    assert named[1]["call"]["transferredTo"] == HUMAN
+
+
+async def test_a_callee_who_cannot_go_back_to_the_agent_is_told_and_the_call_ends(
     app, client, mailbox, live, twilio_standin, llm
 ):
     warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
-    sid = warm.sid
     await warm.relay.finish(handoff=warm.handoff)
-    human_sid = twilio_standin.call_sids[-1]
-    assert twilio_standin.call(human_sid)["to"] == HUMAN
-    twilio_standin.set_call(sid, status="in-progress")  # the callee is on hold, live
-    cb = twilio_standin.callback(human_sid, "status", CallStatus="no-answer")
-    assert (await twilio_standin.deliver(client, cb)).status_code == 204
+    await eventually(app, warm.sid, lambda c: len(c.transcript) == 3)
+    twilio_standin.fail_next(1, status=503)  # Twilio cannot redirect the call to the agent
+    human_sid = await human_does_not_answer(client, twilio_standin, warm, "busy")
 
-    [document] = twilio_standin.redirects(sid)
-    say = ET.fromstring(document).find("Say")  # noqa: S314
+    # Never left on hold: what happened before this change, the callee is told and it ends.
+    back, told = twilio_standin.redirects(warm.sid)
+    assert RelayTwiml.parse(back).url.endswith("/relay")
+    say = ET.fromstring(told).find("Say")  # noqa: S314 (the app's TwiML)
     assert say is not None and "nobody could take your call" in (say.text or "")
-    call = await call_row(app, sid)
+    assert ET.fromstring(told).find("Hangup") is not None  # noqa: S314
+    call = await call_row(app, warm.sid)
     assert call.ended_reason == "transfer-failed"
     assert (call.transfer_call_sid, call.transfer_status, call.transfer_seconds) == (
         human_sid,
-        "no-answer",
+        "busy",
         0,
     )
+    assert call.transcript[-1]["transferFailed"] == "busy"
+
+
+@pytest.mark.parametrize("known_by", ["us", "twilio"])
+async def test_a_callee_who_hung_up_on_hold_ends_the_call_transfer_failed(
+    app, client, mailbox, live, twilio_standin, llm, known_by
+):
+    warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
+    await warm.relay.finish(handoff=warm.handoff)
+    await eventually(app, warm.sid, lambda c: len(c.transcript) == 3)
+    if known_by == "us":  # the callee's final status came before the human's
+        cb = twilio_standin.callback(warm.sid, "status", CallStatus="completed", CallDuration="40")
+        assert (await twilio_standin.deliver(client, cb)).status_code == 204
+    else:  # Twilio knows; its callback is still on the way
+        twilio_standin.set_call(warm.sid, status="completed")
+    await human_does_not_answer(client, twilio_standin, warm, "no-answer")
+
+    call = await call_row(app, warm.sid)
+    assert call.ended_reason == "transfer-failed"
+    assert call.transfer_status == "no-answer"
+    # Nobody to take back: nothing asked of a finished call, or only what Twilio refuses.
+    expected = 0 if known_by == "us" else 2
+    assert len(twilio_standin.redirects(warm.sid)) == expected
+    assert twilio_standin.call(warm.sid)["status"] == "completed"
+
+
+async def test_an_inbound_call_goes_back_to_its_agent_and_is_transferred_once(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    await agent_with(
+        client,
+        mailbox,
+        twilio_standin,
+        transferNumber=HUMAN,
+        transferMode="warm",
+        firstMessage="Clinic, Jack speaking.",
+    )
+    sid, relay = await inbound_call(client, live, twilio_standin)
+    llm.reply_tool_call("transfer_call", {"reason": "billing"}, text="Let me get a colleague.")
+    await relay.say("A person, please.")
+    assert await relay.reply() == "Let me get a colleague."
+    end = await relay.ended()
+    await relay.finish(handoff=end["handoffData"])
+    human = twilio_standin.created_calls[-1]
+    assert human["To"] == [HUMAN] and human["From"] == [FROM]  # our number, not the caller's
+    await eventually(app, sid, lambda c: len(c.transcript) == 4)  # greeting, turns, tool
+    await leg_status(twilio_standin, client, twilio_standin.call_sids[-1], "no-answer")
+
+    # The inbound call's recording, started by its first TwiML, still runs: no second one;
+    # and no second greeting.
+    [document] = twilio_standin.redirects(sid)
+    assert ET.fromstring(document).find("Start") is None  # noqa: S314 (the app's TwiML)
+    resumed = RelayTwiml.parse(document)
+    assert "welcomeGreeting" not in resumed.attributes
+    llm.reply_text("Sorry, nobody is free right now. What can I do for you?")
+    back = await connect_relay(twilio_standin, client, live, sid, resumed, direction="inbound")
+    assert await back.reply() == "Sorry, nobody is free right now. What can I do for you?"
+
+    # No second transfer: the tool is gone, and a model that calls it anyway is told so.
+    llm.reply_tool_call("transfer_call", {"reason": "again"})
+    llm.reply_text("I cannot transfer you again, sorry.")
+    await back.say("Try again, please.")
+    assert await back.reply() == "I cannot transfer you again, sorry."
+    assert "transfer_call" not in llm.requests[-2].tool_names
+    assert "no tool called transfer_call" in llm.requests[-1].messages[-1]["content"]
+    # A transfer handoff that comes back anyway is not dialed: one transfer per call.
+    placed = len(twilio_standin.created_calls)
+    again = json.dumps({"reason": "transferred", "transfer": {"to": HUMAN, "mode": "warm"}})
+    r = await back.finish(handoff=again)
+    assert ET.fromstring(r.text).find("Hangup") is not None  # noqa: S314
+    assert ET.fromstring(r.text).find("Dial") is None  # noqa: S314
+    assert len(twilio_standin.created_calls) == placed
 
 
 async def test_a_warm_transfer_twilio_refuses_falls_back_to_cold(

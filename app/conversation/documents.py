@@ -15,8 +15,11 @@ def ws_base(public_base_url: str) -> str:
     return "ws://" + public_base_url.removeprefix("http://")
 
 
-def relay_twiml(ctx: AppContext, call: Call, agent: Agent | None) -> str:
-    """What Twilio does once the call connects: hand it to ConversationRelay and our socket."""
+def relay_twiml(ctx: AppContext, call: Call, agent: Agent | None, *, resumed: bool = False) -> str:
+    """What Twilio does once the call connects: hand it to ConversationRelay and our socket.
+
+    `resumed`: a call already under way goes back to the agent (a warm transfer nobody took):
+    no greeting, and no second recording of an inbound call (the first one still runs)."""
     if agent is None:
         return twiml.say_and_hang_up(call.first_message)
     base = ctx.settings.public_base_url
@@ -25,7 +28,7 @@ def relay_twiml(ctx: AppContext, call: Call, agent: Agent | None) -> str:
         action_url=f"{base}/twilio/calls/{call.id}/relay-ended",
         voice_id=agent.voice_id,
         language=agent.language,
-        welcome_greeting=call.first_message,
+        welcome_greeting=None if resumed else call.first_message,
         parameters={
             "callId": str(call.id),
             "projectId": str(call.project_id),
@@ -35,7 +38,9 @@ def relay_twiml(ctx: AppContext, call: Call, agent: Agent | None) -> str:
         # An outbound call is recorded from its creation (the REST API's Record); an inbound
         # one only by its TwiML.
         recording_callback=(
-            f"{base}/twilio/calls/{call.id}/recording" if call.direction == "inbound" else None
+            f"{base}/twilio/calls/{call.id}/recording"
+            if call.direction == "inbound" and not resumed
+            else None
         ),
     )
     return twiml.conversation_relay(spec)

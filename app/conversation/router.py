@@ -278,13 +278,14 @@ async def relay_ended(
         call = await session.get(Call, call_id, with_for_update=True)
         agent = await session.get(Agent, call.agent_id) if call and call.agent_id else None
         # The number comes back from Twilio as we sent it; it is still checked against the
-        # agent's, so the only number ever dialed is one the agent's owner set.
+        # agent's, so the only number ever dialed is one the agent's owner set. Once per call.
         if (
             call is not None
             and agent is not None
             and agent.transfer_number
             and target.get("to") == agent.transfer_number
             and call.call_sid == params.get("CallSid")
+            and transfer.may_transfer(call)
         ):
             return _xml(await transfer.hand_over(ctx, session, call, agent, target))
         log.warning("call %s: a transfer that does not match its agent was refused", call_id)
@@ -307,7 +308,8 @@ def _handoff(raw: str) -> dict[str, Any]:
 )
 async def transfer_status(call_id: uuid.UUID, params: Params, ctx: CtxDep) -> Response:
     """The progress of a warm transfer's call to the human (its own Call SID)."""
-    # It runs its own transactions: Twilio is asked outside them.
+    # It runs its own transactions: Twilio is asked outside them (the callee may go back to
+    # the agent).
     await transfer.human_leg_status(ctx, call_id, params)
     return Response(status_code=204)
 

@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +49,13 @@ VOICE_GUIDANCE = (
 REPROMPT_NUDGE = (
     "The callee has said nothing for a while. Briefly and politely check whether they are "
     "still on the line; do not repeat your previous answer."
+)
+# What the agent is told when a warm transfer nobody took sends the callee back to it (the
+# transcript's transfer_call turn says why: "The transfer failed: nobody answered.").
+TRANSFER_FAILED_NOTE = (
+    "{result} The callee waited on hold and is back on the line with you now. Tell them so, "
+    "briefly, then carry on helping them as well as you can. You cannot transfer this call "
+    "again."
 )
 
 # What the agent says when the LLM fails mid-call: short, then a clean hang-up.
@@ -114,7 +121,9 @@ class Conversation:
         earlier: Sequence[dict[str, Any]] = (),
     ) -> None:
         """`earlier`: the transcript of an earlier relay session of the same call, which the
-        agent remembers; `transcript` holds this session's turns only."""
+        agent remembers; `transcript` holds this session's turns only. When `earlier` ends
+        with a failed warm transfer, this session takes the callee back: no greeting, and the
+        agent speaks first."""
         self.script = script
         self.llm = llm
         self._send = send
@@ -122,9 +131,15 @@ class Conversation:
         self._on_turn = on_turn
         self._run_tool = run_tool
         self._clock = clock
-        self._tools = tool_specs(
-            script.tools, transfer=bool(script.transfer_number), keypad=script.keypad
+        # One transfer per call: an agent whose warm transfer nobody took is not offered the
+        # tool again (app/conversation/transfer.py).
+        self._may_transfer = bool(script.transfer_number) and not any(
+            _is_transfer(turn) for turn in earlier
         )
+        self._tools = tool_specs(script.tools, transfer=self._may_transfer, keypad=script.keypad)
+        # This session takes the callee back after that failed transfer: Twilio greets no one
+        # (the session's TwiML has no greeting), and the agent, told why, speaks first.
+        self._resuming = bool(earlier) and bool(earlier[-1].get("transferFailed"))
         self._custom = {str(t["name"]): t for t in script.tools}
         # The hand-over the call ends with, when the agent transferred it.
         self.transfer: dict[str, Any] | None = None
@@ -194,6 +209,9 @@ class Conversation:
         self.setup = message
         now = self._clock()
         self._deadline = now + self.script.max_duration_seconds
+        if self._resuming:
+            self._start_reply()
+            return
         greeting = self.script.first_message
         if greeting:
             # Twilio speaks the welcome greeting itself (the TwiML's welcomeGreeting).
@@ -318,7 +336,7 @@ class Conversation:
         speech = self.timing.speech_seconds(text)
         by_name = {c.name: c for c in calls}
         transfer = by_name.get("transfer_call")
-        if transfer is not None and self.script.transfer_number:
+        if transfer is not None and self._may_transfer:
             self._hand_over(transfer, turn, after=speech)
             return False
         end_call = by_name.get("end_call")
@@ -511,9 +529,16 @@ def _keypad(digit: str) -> str:
     return f"(The callee pressed {digit} on the keypad.)"
 
 
+def _is_transfer(turn: Mapping[str, Any]) -> bool:
+    return turn.get("role") == "tool" and turn.get("name") == "transfer_call"
+
+
 def _message_of(turn: dict[str, Any]) -> Message | None:
     """A transcript turn as the LLM saw it: what the agent said (as heard, when interrupted),
-    what the callee said or pressed. None for a turn that said nothing."""
+    what the callee said or pressed, a failed transfer it was told of. None for a turn that
+    said nothing."""
+    if _is_transfer(turn) and turn.get("transferFailed"):
+        return _system(TRANSFER_FAILED_NOTE.format(result=str(turn.get("result") or "")))
     if turn.get("role") == "agent" and turn.get("text"):
         return {"role": "assistant", "content": str(turn["text"])}
     if turn.get("role") == "user":

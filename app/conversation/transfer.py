@@ -10,17 +10,26 @@ the session's Connect action (app/conversation/router.py), whose answer is decid
   starts the conference. If Twilio refuses to call the human, the transfer falls back to cold.
 
 The call records the target (`transferredTo`) and ends `transferred`; the project's webhook
-gets a `call.transferred` event.
+gets a `call.transferred` event. A call is transferred at most once: the tool is not offered
+again, and a second handoff is refused.
 
 The human's leg of a warm transfer is a Twilio call of its own, billed on its own: its Call SID,
 status, duration and price are kept on the call (`transfer_*`), from its status callbacks and
-the price job. If that leg ends unanswered (busy, no answer, failed, canceled), the callee is
-told so and the call ends `transfer-failed`: never a caller on hold forever. Twilio is asked
-outside any transaction.
+the price job.
+
+If that leg ends unanswered (busy, no answer, failed, canceled), the callee goes back to the
+agent: a `transfer_call` turn saying why is added to the transcript, the project's webhook gets
+`call.transfer_failed`, and the callee's call is redirected to a new relay session of the same
+call, which continues the transcript; the agent, told why, speaks first. `transferredTo` stays
+(a transfer was tried) and `endedReason` is whatever ends the conversation. If the callee has
+hung up, or Twilio cannot redirect the call, the callee is told nobody could take the call and
+it ends `transfer-failed`: never a caller on hold forever. Twilio is asked outside any
+transaction.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
@@ -33,18 +42,30 @@ from app.call.callbacks import PRICE_ATTEMPTS, PRICE_JOB, same_call
 from app.call.events import call_changed
 from app.call.jobs import TRANSFER_LEG
 from app.context import AppContext
+from app.conversation.documents import relay_twiml
+from app.db import utcnow
 from app.errors import AppError
 from app.jobs.queue import enqueue
+from app.jobs.webhooks import CallEvent
 from app.models import Agent, Call
 from app.telephony import twiml
+from app.timefmt import iso_ms
 
 log = logging.getLogger("talkstack.conversation.transfer")
 
 TRANSFERRED = "transferred"
 FAILED = "transfer-failed"
+FAILED_EVENT: CallEvent = "call.transfer_failed"
 # The human's leg ended without answering.
 UNANSWERED = frozenset({"busy", "no-answer", "failed", "canceled"})
 NOBODY = "I'm sorry, nobody could take your call right now. We will get back to you. Goodbye."
+# Why the transfer failed, as the transcript says it and the agent is told.
+_WHY = {
+    "busy": "the line was busy",
+    "no-answer": "nobody answered",
+    "failed": "the call could not be connected",
+    "canceled": "the call was canceled",
+}
 
 
 def our_number(call: Call) -> str:
@@ -56,6 +77,11 @@ def briefing(call: Call, handoff: Mapping[str, Any]) -> str:
     other = call.to_number if call.direction == "outbound" else call.from_number
     summary = str(handoff.get("summary") or handoff.get("reason") or "").strip()
     return f"Transferred call with {' '.join(other)}. {summary}".strip()
+
+
+def may_transfer(call: Call) -> bool:
+    """Whether the call may still be handed over: once per call."""
+    return call.transferred_to is None
 
 
 async def hand_over(
@@ -92,7 +118,7 @@ async def hand_over(
 
 async def human_leg_status(ctx: AppContext, call_id: uuid.UUID, params: Mapping[str, str]) -> None:
     """The human's leg of a warm transfer moved on: recorded; when it ended unanswered, the
-    waiting callee is told and the call ends."""
+    waiting callee goes back to the agent (or, if that cannot be, is told and the call ends)."""
     async with ctx.sessionmaker() as session, session.begin():
         call = await session.get(Call, call_id, with_for_update=True)
         if call is None or not await _leg_moved(session, call, params):
@@ -101,17 +127,43 @@ async def human_leg_status(ctx: AppContext, call_id: uuid.UUID, params: Mapping[
         if status not in UNANSWERED or call.ended_reason != TRANSFERRED:
             return
         log.info("call %s: the human did not answer (%s)", call.id, status)
+        now = iso_ms(utcnow())
+        call.transcript = [
+            *call.transcript,
+            {
+                "role": "tool",
+                "name": "transfer_call",
+                "arguments": {},
+                "result": f"The transfer failed: {_WHY[status]}.",
+                "transferFailed": status,
+                "startedAt": now,
+                "endedAt": now,
+            },
+        ]
         agent = await session.get(Agent, call.agent_id) if call.agent_id else None
         language = agent.language if agent is not None else "en-US"
-        sid = None if call.status in states.FINAL else call.call_sid
-        call.ended_reason = FAILED
-        await call_changed(session, call)
-    if ctx.telephony is None or sid is None:
-        return
+        sid = call.call_sid
+        if call.status in states.FINAL or sid is None or ctx.telephony is None or agent is None:
+            # The callee hung up while on hold: nobody to take back.
+            await _fail(session, call)
+            return
+        # Back with the agent: its new session (or Twilio's final status) decides the end.
+        call.ended_reason = None
+        await call_changed(session, call, FAILED_EVENT)
+        resume = relay_twiml(ctx, call, agent, resumed=True)
     try:
-        await ctx.telephony.redirect_call(sid, twiml.say_and_hang_up(NOBODY, language))
+        await ctx.telephony.redirect_call(sid, resume)
     except AppError as exc:
-        log.info("call %s: the callee left before the transfer failed (%s)", call_id, exc.message)
+        log.warning("call %s: the callee could not go back to the agent (%s)", call_id, exc.message)
+        # As a last resort, say sorry; a callee who has hung up hears nothing, which is fine.
+        with contextlib.suppress(AppError):
+            await ctx.telephony.redirect_call(sid, twiml.say_and_hang_up(NOBODY, language))
+        async with ctx.sessionmaker() as session, session.begin():
+            call = await session.get(Call, call_id, with_for_update=True)
+            if call is not None:
+                await _fail(session, call, event=None)
+        return
+    log.info("call %s: the callee is back with the agent", call_id)
 
 
 async def _leg_moved(session: AsyncSession, call: Call, params: Mapping[str, str]) -> bool:
@@ -138,6 +190,16 @@ async def _leg_moved(session: AsyncSession, call: Call, params: Mapping[str, str
             max_attempts=PRICE_ATTEMPTS,
         )
     return True
+
+
+async def _fail(
+    session: AsyncSession, call: Call, *, event: CallEvent | None = FAILED_EVENT
+) -> None:
+    """The transfer failed and the call is over (or about to be): it ends `transfer-failed`."""
+    call.ended_reason = FAILED
+    if event is not None:
+        await call_changed(session, call, event)
+    await call_changed(session, call)
 
 
 def _seconds(value: str | None) -> int:

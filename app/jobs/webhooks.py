@@ -41,8 +41,13 @@ USER_AGENT = "Talkstack-Webhooks/1"
 SIGNATURE_HEADER = "X-Talkstack-Signature"
 EVENT_ID_HEADER = "X-Talkstack-Event-Id"
 
-CallEvent = Literal["call.status", "call.analyzed", "call.transferred"]
-CALL_EVENTS: tuple[CallEvent, ...] = ("call.status", "call.analyzed", "call.transferred")
+CallEvent = Literal["call.status", "call.analyzed", "call.transferred", "call.transfer_failed"]
+CALL_EVENTS: tuple[CallEvent, ...] = (
+    "call.status",
+    "call.analyzed",
+    "call.transferred",
+    "call.transfer_failed",
+)
 
 # A delivery's status, as GET /project/{id}/webhook-deliveries shows it.
 PENDING = "pending"  # not tried yet (or redelivered and not tried since)
