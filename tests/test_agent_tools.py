@@ -10,6 +10,7 @@ told (its requests), what the tool receives (signed), and what is stored.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -180,6 +181,50 @@ async def test_the_callee_speaking_during_a_tool_call_cancels_it_and_the_history
     last = llm.requests[-1].messages
     assert [m["role"] for m in last[-3:]] == ["assistant", "tool", "user"]
     assert "outcome is unknown" in last[-2]["content"]
+
+
+async def test_an_llm_failure_after_a_tool_answered_apologises_and_keeps_a_valid_history(
+    app, client, mailbox, live, twilio_standin, llm, tools
+):
+    setup = await agent_with(client, mailbox, twilio_standin, tools=[booking_tool(tools.url)])
+    sid = await dial(client, setup)
+    relay = await answer(twilio_standin, client, live, sid)
+    tools.answer(b'{"booked": true}')
+    llm.reply_tool_call("book_appointment", {"day": "Friday"})
+    llm.reply_error(500)  # the second round, with the tool's answer, fails
+
+    await relay.say("Book Friday, please.")
+    assert await relay.reply() == "One moment, please."
+    apology = await relay.reply()
+    assert "sorry" in apology.lower() and "goodbye" in apology.lower()
+    end = await relay.ended()
+    assert json.loads(end["handoffData"]) == {"reason": "llm-error"}
+    # The request that failed was a valid one (the stand-in refuses an invalid history with a
+    # 400, as OpenAI does): the tool call, then its answer.
+    failed = llm.requests[1]
+    assert failed.status == 500
+    called, answered = failed.messages[-2], failed.messages[-1]
+    assert called["tool_calls"][0]["function"]["name"] == "book_appointment"
+    assert answered == {
+        "role": "tool",
+        "tool_call_id": called["tool_calls"][0]["id"],
+        "content": '{"booked": true}',
+    }
+    assert len(tools.requests) == 1  # the booking is not made twice
+
+    await relay.finish(handoff=end["handoffData"])
+    cb = twilio_standin.callback(sid, "status", CallStatus="completed", CallDuration="12")
+    assert (await twilio_standin.deliver(client, cb)).status_code == 204
+    call = await eventually(app, sid, lambda c: c.status == "completed" and len(c.transcript) == 4)
+    assert call.ended_reason == "llm-error"
+    assert [(t["role"], t.get("name") or t["text"]) for t in call.transcript] == [
+        ("user", "Book Friday, please."),
+        ("agent", "One moment, please."),
+        ("tool", "book_appointment"),
+        ("agent", apology),
+    ]
+    assert call.transcript[2]["result"] == '{"booked": true}'
+    assert call.transcript[-1]["error"] is True
 
 
 @pytest.mark.parametrize(
