@@ -322,8 +322,12 @@ async def test_a_voicemail_message_is_left_after_the_beep(
     )
     assert r.status_code == 204
     call = await eventually(
-        app, sid, lambda c: c.status == "voicemail" and c.ended_reason == "voicemail"
+        app,
+        sid,
+        # The job marks the call before asking Twilio and writes the message after: wait for it.
+        lambda c: c.status == "voicemail" and any(t.get("voicemail") for t in c.transcript),
     )
+    assert call.ended_reason == "voicemail"
     assert call.transcript[-1]["voicemail"] is True
     assert call.transcript[-1]["text"].startswith("Hi John,")
     assert len(twilio_standin.redirects(sid)) == 1
@@ -478,3 +482,35 @@ async def test_the_message_is_left_at_most_once(app, client, mailbox, twilio_sta
     async with app.state.ctx.sessionmaker() as s:
         jobs = (await s.execute(select(Job).where(Job.kind == voicemail.VOICEMAIL_JOB))).all()
     assert len(jobs) == 1
+
+
+@pytest.mark.parametrize("settings_overrides", [{"twilio_timeout_seconds": 1.0}], indirect=True)
+@pytest.mark.parametrize("fault", ["503", "timeout"])
+async def test_the_message_is_left_once_twilio_is_reachable_again(
+    app, client, mailbox, twilio_standin, fault
+):
+    setup = await agent_with(client, mailbox, twilio_standin, voicemailMessage=MESSAGE)
+    sid = await dial(client, setup, name="John")
+    twilio_standin.set_call(sid, status="in-progress")
+    if fault == "503":
+        twilio_standin.fail_next(1, status=503)
+    else:
+        twilio_standin.hang_next(1, seconds=5)  # longer than the app waits for Twilio
+    await amd(client, twilio_standin, sid, "machine_end_beep")
+
+    # The job's first try fails; it unmarks the call and tries again (2 s later), and then
+    # the message is left, once.
+    call = await eventually(
+        app, sid, lambda c: any(t.get("voicemail") for t in c.transcript), within=15
+    )
+    assert call.ended_reason == "voicemail"
+    await asyncio.sleep(0.5)  # anything more would come now
+    sent = twilio_standin.redirects(sid)
+    assert len(sent) == 2 and sent[0] == sent[1]  # refused (or unanswered), then left
+    say = ET.fromstring(sent[1]).find("Say")  # noqa: S314 (the app's TwiML)
+    assert (
+        say is not None
+        and say.text == "Hi John, this is Jack from the clinic. Please call us back."
+    )
+    call = await call_row(app, sid)
+    assert [t["text"] for t in call.transcript if t.get("voicemail")] == [say.text]
