@@ -1,7 +1,8 @@
 """The agent's language model: any OpenAI-compatible chat-completions server (LLM_BASE_URL).
 
-Through the official `openai` client. Live turns stream (each text delta is handed on as it
-arrives; tool calls are assembled from their deltas); post-call analysis asks for structured
+Live turns stream: the chat-completions request is posted with aiohttp and its server-sent
+events read here (each text delta is handed on as it arrives; tool calls are assembled from their
+deltas). Post-call analysis goes through the official `openai` client and asks for structured
 output against a JSON schema.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import aiohttp
 import httpx
 import openai
 from openai import AsyncOpenAI
@@ -21,6 +23,9 @@ from openai import AsyncOpenAI
 from app.config import Settings
 
 log = logging.getLogger("talkstack.llm")
+
+# How much of an error answer is read for its message.
+_ERROR_BODY_LIMIT = 64 * 1024
 
 Message = dict[str, Any]
 
@@ -56,32 +61,50 @@ class LanguageModel:
         # Local servers (vLLM, Ollama, the tests' stand-in) often need no key; the client
         # insists on one.
         key = settings.llm_api_key or "unset"
-        # aiohttp under httpx's API (the `openai[aiohttp]` client): its connection pool costs a
-        # fraction of httpcore's per request, which is most of a turn's CPU with many calls.
-        self._http = openai.DefaultAioHttpClient(
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-            follow_redirects=False,
-        )
-        self._client = AsyncOpenAI(
-            base_url=settings.llm_base_url, api_key=key, timeout=timeout, http_client=self._http
-        )
-        # A live turn cannot wait for retries: the callee is listening. Analysis can.
-        self._live = self._client.with_options(max_retries=0)
-        # The client imports its resources lazily (~0.4 s): at startup, not on a live call.
+        # Post-call analysis: the official client, its retries and typed answers.
+        self._client = AsyncOpenAI(base_url=settings.llm_base_url, api_key=key, timeout=timeout)
+        # The client imports its resources lazily (~0.4 s): at startup, not on a call.
         self._client.chat.completions  # noqa: B018
-        self._live.chat.completions  # noqa: B018
+        # Live turns: the same request on aiohttp directly (see `stream_turn`).
+        self._url = settings.llm_base_url.rstrip("/") + "/chat/completions"
+        self._headers = {
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
+        # As the client's: 5 s to connect, then the LLM timeout between two reads.
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=5.0, sock_read=settings.llm_timeout_seconds
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _live(self) -> aiohttp.ClientSession:
+        # Made on first use: an aiohttp session belongs to the running event loop.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=200),
+                headers=self._headers,
+                timeout=self._timeout,
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding",),
+            )
+        return self._session
 
     async def aclose(self) -> None:
         await self._client.close()
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def stream_turn(
         self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] = ()
     ) -> AsyncIterator[TextDelta | ToolCall]:
         """The agent's next turn: text deltas as they arrive, then any tool calls.
 
-        Cancelling the consumer closes the HTTP stream, so the server stops generating.
+        The request the official client would send for `chat.completions.create(stream=True)`,
+        posted with aiohttp and its server-sent events read here: the client's request
+        building, its httpx layers and its per-chunk models cost 0.3-1 ms of CPU per turn
+        (bench/llm_bench.py), most of a turn's budget with many calls. Cancelling the consumer
+        closes the connection, so the server stops generating.
         """
         body: dict[str, Any] = {
             "model": self.model,
@@ -91,22 +114,18 @@ class LanguageModel:
         }
         if tools:
             body["tools"] = list(tools)
+        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
         try:
-            # The client's `post`, not `chat.completions.create`: the same request, without the
-            # SDK checking every message of the history against its TypedDicts nor building
-            # models for each chunk (together most of a turn's CPU); the events are read below.
-            response = cast(
-                httpx.Response,
-                await self._live.post(
-                    "/chat/completions", body=body, cast_to=httpx.Response, stream=True
-                ),
-            )
-        except openai.OpenAIError as exc:
-            raise LLMError(_describe(exc)) from exc
+            response = await self._live().post(self._url, data=payload)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise LLMError(_unreachable(exc)) from exc
         calls: dict[int, _PartialCall] = {}
+        finished = False
         try:
+            if response.status >= 300:
+                raise LLMError(f"the LLM answered {response.status}: {await _error_of(response)}")
             done = False
-            async with contextlib.aclosing(_sse_data(response)) as events:
+            async with contextlib.aclosing(_sse_data(response.content)) as events:
                 async for data in events:
                     if done:
                         continue  # read to the end of the body: the connection is then reused
@@ -127,10 +146,16 @@ class LanguageModel:
                         if (function := piece.get("function")) is not None:
                             partial.name += function.get("name") or ""
                             partial.arguments += function.get("arguments") or ""
-        except httpx.HTTPError as exc:
+            finished = True
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            if isinstance(exc, TimeoutError):
+                raise LLMError("the LLM timed out") from exc
             raise LLMError(f"the LLM stream broke: {exc!r}") from exc
         finally:
-            await response.aclose()
+            if finished:
+                response.release()  # read whole: the connection goes back to the pool
+            else:
+                response.close()  # cut off, or broken: the LLM stops generating
         for index in sorted(calls):
             partial = calls[index]
             try:
@@ -172,19 +197,39 @@ class LanguageModel:
         return value
 
 
-async def _sse_data(response: httpx.Response) -> AsyncGenerator[str]:
+async def _sse_data(content: aiohttp.StreamReader) -> AsyncGenerator[str]:
     """The data of each server-sent event (`data:` lines; a blank line ends an event)."""
     data: list[str] = []
-    async for line in response.aiter_lines():
+    async for raw in content:
+        line = raw.rstrip(b"\r\n")
         if not line:
             if data:
                 yield "\n".join(data)
                 data = []
-        elif line.startswith("data:"):
+        elif line.startswith(b"data:"):
             value = line[5:]
-            data.append(value[1:] if value.startswith(" ") else value)
+            data.append((value[1:] if value.startswith(b" ") else value).decode())
     if data:
         yield "\n".join(data)
+
+
+async def _error_of(response: aiohttp.ClientResponse) -> str:
+    """What an error answer says: OpenAI's `{"error": {"message": ...}}`, else its text."""
+    raw = await response.content.read(_ERROR_BODY_LIMIT)
+    text = raw.decode(errors="replace").strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:500] or (response.reason or "no reason given")
+    error = body.get("error") if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if isinstance(message, str) and message:
+        return message
+    return text[:500]
+
+
+def _unreachable(exc: BaseException) -> str:
+    return "the LLM timed out" if isinstance(exc, TimeoutError) else "the LLM is unreachable"
 
 
 def _chunk(data: str) -> dict[str, Any]:
