@@ -7,6 +7,7 @@ served by uvicorn, with the official `openai` client talking to the LLM stand-in
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import uuid
@@ -15,8 +16,9 @@ from typing import Any
 
 import pytest
 import websockets
-from sqlalchemy import select
+from sqlalchemy import event, select
 
+from app.conversation import transcript
 from app.jobs.webhooks import verify_signature
 from app.models import Call, CallAnalysis, Job
 from tests.factories import (
@@ -706,3 +708,56 @@ async def test_the_analysis_job_is_queued_once_per_finished_conversation(
         break
     assert len(jobs) == 1 and jobs[0].status == "done"
     assert jobs[0].payload == {"call_id": str((await call_row(app, sid)).id)}
+
+
+# -- saving the transcript during the call -------------------------------------------------
+
+
+async def test_the_transcript_is_saved_during_the_call_at_most_once_a_second(
+    app, client, live, setup, twilio_standin, llm, monkeypatch
+):
+    monkeypatch.setattr(transcript, "SAVE_EVERY_SECONDS", 1.0)
+    writes: list[float] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("UPDATE calls SET transcript"):
+            writes.append(time.monotonic())
+
+    engine = app.state.ctx.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        sid = await dial(client, setup, name="John")
+        relay = await answer(twilio_standin, client, live, sid)
+        llm.reply_text("Turn 0.")
+        await relay.say("Question 0?")
+        assert await relay.reply() == "Turn 0."
+        # The first change is written at once: a live call's transcript can be read.
+        await eventually(app, sid, lambda c: len(c.transcript) == 3, within=0.5)
+        assert len(writes) == 1
+
+        # A quick callee: eight turns in well under a second go in one more write.
+        started = time.monotonic()
+        for n in range(1, 9):
+            llm.reply_text(f"Turn {n}.")
+            await relay.say(f"Question {n}?")
+            assert await relay.reply() == f"Turn {n}."
+        quick = time.monotonic() - started
+        call = await eventually(app, sid, lambda c: len(c.transcript) == 19, within=2.0)
+        assert call.transcript[-1]["text"] == "Turn 8."
+        assert len(writes) <= 2 + int(quick), (quick, writes)
+        assert all(b - a >= 0.99 for a, b in itertools.pairwise(writes)), writes
+
+        # A turn right after a write waits for its interval; the end of the call does not.
+        llm.reply_text("Goodbye.")
+        await relay.say("Bye!")
+        assert await relay.reply() == "Goodbye."
+        ended = len(writes)
+        await relay.ws.close()
+        call = await eventually(app, sid, lambda c: len(c.transcript) == 21, within=0.5)
+        await asyncio.sleep(1.2)
+        # The end's own write, and none after it (a write still waiting was dropped).
+        assert len(writes) == ended + 1
+        final = await call_row(app, sid)
+        assert [t.get("text") for t in final.transcript[-2:]] == ["Bye!", "Goodbye."]
+    finally:
+        event.remove(engine, "before_cursor_execute", count)

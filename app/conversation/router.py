@@ -6,9 +6,7 @@ request too): a bad or missing signature is 403 and changes nothing.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import copy
 import json
 import logging
 import uuid
@@ -16,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Response, WebSocket, WebSocketDisconnect
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,13 +25,12 @@ from app.call.jobs import schedule_check
 from app.call.render import render_lenient
 from app.call.twilio_router import _SIGNED, Params
 from app.context import AppContext
-from app.conversation import transfer, voicemail
-from app.conversation.analysis import ANALYZE_JOB, has_conversation
+from app.conversation import transfer
 from app.conversation.documents import RELAY_PATH, relay_twiml, ws_base
 from app.conversation.session import Conversation, Script, Timing
+from app.conversation.transcript import TranscriptSaver
 from app.deps import CtxDep, SessionDep
 from app.errors import AppError
-from app.jobs.queue import enqueue
 from app.models import Agent, Call, PhoneNumber, Project
 from app.phone import to_e164
 from app.telephony import twiml
@@ -169,87 +166,6 @@ async def _messages(websocket: WebSocket, call_sid: str | None) -> AsyncIterator
             log.warning("relay setup for call %s names another CallSid", call_sid)
             return
         yield message
-
-
-# Once a voicemail message is in the transcript, only `finish` (which keeps it) writes it.
-_NO_MESSAGE_LEFT = or_(Call.ended_reason.is_(None), Call.ended_reason != voicemail.ENDED_REASON)
-
-
-class TranscriptSaver:
-    """Saves the transcript after each turn, off the conversation's critical path.
-
-    Writes run one at a time in the background; a write older than one already made is
-    skipped. `finish` waits for them, then writes the final transcript and the outcome. What
-    is written is `earlier` (an earlier session's transcript) followed by this session's.
-    """
-
-    def __init__(
-        self, ctx: AppContext, call_id: uuid.UUID, earlier: list[dict[str, Any]] | None = None
-    ) -> None:
-        self._ctx = ctx
-        self._call_id = call_id
-        self._earlier = _snapshot(earlier or [])
-        self._lock = asyncio.Lock()
-        self._version = 0
-        self._written = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def later(self, transcript: list[dict[str, Any]]) -> None:
-        self._version += 1
-        task = asyncio.create_task(
-            self._write(self._version, self._earlier + _snapshot(transcript))
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _write(self, version: int, transcript: list[dict[str, Any]]) -> None:
-        async with self._lock:
-            if version <= self._written:
-                return
-            try:
-                # A Core statement on a pooled connection: no ORM session to build per turn.
-                async with self._ctx.engine.begin() as conn:
-                    await conn.execute(
-                        update(Call)
-                        .where(Call.id == self._call_id, _NO_MESSAGE_LEFT)
-                        .values(transcript=transcript)
-                    )
-                self._written = version
-            except Exception:
-                log.exception("saving the transcript of call %s failed", self._call_id)
-
-    async def finish(self, conversation: Conversation) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        async with self._lock, self._ctx.sessionmaker() as session, session.begin():
-            call = await session.get(Call, self._call_id, with_for_update=True)
-            if call is None:
-                return
-            transcript = self._earlier + copy.deepcopy(conversation.transcript)
-            # A voicemail message left meanwhile (it replaced this session) stays last.
-            transcript += voicemail.kept_turns(call.transcript[len(self._earlier) :])
-            call.transcript = transcript
-            reason = conversation.ended_reason
-            if reason is not None:
-                call.ended_reason = reason
-                refined = states.final_status(call.status, call.answered_by, reason)
-                if refined != call.status:
-                    call.status = refined
-                    await call_changed(session, call)
-            if has_conversation(transcript):
-                await enqueue(
-                    session,
-                    kind=ANALYZE_JOB,
-                    payload={"call_id": str(call.id)},
-                    project_id=call.project_id,
-                    max_attempts=8,
-                )
-
-
-def _snapshot(transcript: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A copy of the transcript as it is now: its turns are flat (strings, booleans), so copying
-    each turn's dict is a deep copy, at a fraction of `copy.deepcopy`'s cost."""
-    return [dict(turn) for turn in transcript]
 
 
 # -- Twilio's requests ---------------------------------------------------------------------

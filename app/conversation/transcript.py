@@ -1,0 +1,133 @@
+"""Saving a live call's transcript while the conversation goes on, and once more when it ends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import or_, update
+
+from app.call import status as states
+from app.call.events import call_changed
+from app.context import AppContext
+from app.conversation import voicemail
+from app.conversation.analysis import ANALYZE_JOB, has_conversation
+from app.conversation.session import Conversation
+from app.jobs.queue import enqueue
+from app.models import Call
+
+log = logging.getLogger("talkstack.conversation.transcript")
+
+# A live call's transcript is written at most this often: each turn's write is a statement
+# carrying the whole transcript, and a quick callee takes a turn every few hundred
+# milliseconds (bench/conversation_bench.py: about a third of a turn's CPU at 50 such calls).
+# A crash loses at most this much of a transcript; the end of a call is always written.
+SAVE_EVERY_SECONDS = 1.0
+
+# Once a voicemail message is in the transcript, only `finish` (which keeps it) writes it.
+_NO_MESSAGE_LEFT = or_(Call.ended_reason.is_(None), Call.ended_reason != voicemail.ENDED_REASON)
+
+
+class TranscriptSaver:
+    """Saves the transcript during the call, off the conversation's critical path.
+
+    `later` is called after each turn: a change is written at once unless a write was made
+    less than `every` seconds (SAVE_EVERY_SECONDS) ago; then the changes wait for the end of
+    that interval and go in one statement, with the transcript as it is then. `finish` drops
+    a waiting write, then writes the final transcript and the outcome. What is written is
+    `earlier` (an earlier session's transcript) followed by this session's.
+    """
+
+    def __init__(
+        self,
+        ctx: AppContext,
+        call_id: uuid.UUID,
+        earlier: list[dict[str, Any]] | None = None,
+        *,
+        every: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ctx = ctx
+        self._call_id = call_id
+        self._earlier = _snapshot(earlier or [])
+        self._every = SAVE_EVERY_SECONDS if every is None else every
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._transcript: list[dict[str, Any]] | None = None
+        self._last_write = -float("inf")
+        self._pending: asyncio.Task[None] | None = None
+
+    async def later(self, transcript: list[dict[str, Any]]) -> None:
+        # The conversation's own list: what is written is a copy of it at the write.
+        self._transcript = transcript
+        if self._pending is None:
+            wait = self._last_write + self._every - self._clock()
+            self._pending = asyncio.create_task(self._write_after(wait))
+
+    async def _write_after(self, wait: float) -> None:
+        try:
+            if wait > 0:
+                await asyncio.sleep(wait)
+            async with self._lock:
+                self._pending = None  # a change from now on needs a write of its own
+                self._last_write = self._clock()
+                assert self._transcript is not None
+                transcript = self._earlier + _snapshot(self._transcript)
+                try:
+                    # A Core statement on a pooled connection: no ORM session per write.
+                    async with self._ctx.engine.begin() as conn:
+                        await conn.execute(
+                            update(Call)
+                            .where(Call.id == self._call_id, _NO_MESSAGE_LEFT)
+                            .values(transcript=transcript)
+                        )
+                except Exception:
+                    log.exception("saving the transcript of call %s failed", self._call_id)
+        finally:
+            if self._pending is asyncio.current_task():
+                self._pending = None
+
+    async def finish(self, conversation: Conversation) -> None:
+        # A write still waiting is dropped: the final one has it all. One under way holds
+        # the lock until it is done.
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+        async with self._lock, self._ctx.sessionmaker() as session, session.begin():
+            call = await session.get(Call, self._call_id, with_for_update=True)
+            if call is None:
+                return
+            transcript = self._earlier + copy.deepcopy(conversation.transcript)
+            # A voicemail message left meanwhile (it replaced this session) stays last.
+            transcript += voicemail.kept_turns(call.transcript[len(self._earlier) :])
+            call.transcript = transcript
+            reason = conversation.ended_reason
+            if reason is not None:
+                call.ended_reason = reason
+                refined = states.final_status(call.status, call.answered_by, reason)
+                if refined != call.status:
+                    call.status = refined
+                    await call_changed(session, call)
+            if has_conversation(transcript):
+                await enqueue(
+                    session,
+                    kind=ANALYZE_JOB,
+                    payload={"call_id": str(call.id)},
+                    project_id=call.project_id,
+                    max_attempts=8,
+                )
+
+
+def _snapshot(transcript: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A copy of the transcript as it is now. The conversation changes a turn only by
+    assigning its keys (an interrupted turn's text), never by changing a value in place, so
+    copying each turn's dict is enough, at a fraction of `copy.deepcopy`'s cost."""
+    return [dict(turn) for turn in transcript]
