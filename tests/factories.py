@@ -196,13 +196,13 @@ _ISO_MS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
 
 def parse_iso_ms(value: str) -> datetime:
-    """A CONTRACT.md §3 timestamp (`2025-03-10T05:20:39.831Z`), as an aware datetime."""
+    """A timestamp as the API writes it (docs/api/index.md), as an aware datetime."""
     assert _ISO_MS.match(value), value
     return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
 
 
 def assert_error(r: httpx.Response, status: int, code: str, **extra: Any) -> dict[str, Any]:
-    """The whole error body of CONTRACT.md §3: message, status, code and nothing unexpected."""
+    """The whole error body (docs/api/errors.md): message, status, code and nothing unexpected."""
     assert r.status_code == status, r.text
     body: dict[str, Any] = r.json()
     assert isinstance(body.get("message"), str) and body["message"], body

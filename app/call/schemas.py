@@ -1,4 +1,4 @@
-"""The call object (CONTRACT.md §4) and the /call/* envelopes."""
+"""The call object (docs/api/calls.md) and the /call/* envelopes."""
 
 from __future__ import annotations
 

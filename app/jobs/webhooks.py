@@ -1,4 +1,4 @@
-"""Project webhooks (CONTRACT.md §8): signed call events, stored first, delivered by a worker."""
+"""Project webhooks (docs/webhooks.md): signed call events, stored first, delivered by a worker."""
 
 from __future__ import annotations
 
