@@ -19,6 +19,7 @@ from alembic.config import Config
 from app.config import Settings
 from app.main import create_app
 from tests.mailbox import Mailbox
+from tests.standins.receiver import WebhookReceiver, running_receiver
 from tests.standins.server import running
 
 pytest_plugins = ["tests.standins.twilio", "tests.standins.llm", "tests.standins.hubspot"]
@@ -156,3 +157,21 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
         yield c
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    """A project's webhook URL: a real HTTP server on 127.0.0.1 that records each request."""
+    with running_receiver() as r:
+        yield r
+
+
+@pytest.fixture
+async def live(app: Any) -> AsyncIterator[Any]:
+    """The app on a real port, for Twilio's relay WebSocket (tests/standins/twilio_relay.py)."""
+    # Imported here: at the top it would import the Twilio stand-in before pytest_plugins
+    # registers it, and its asserts would not be rewritten.
+    from tests.standins.twilio_relay import LiveServer
+
+    async with LiveServer(app) as server:
+        yield server

@@ -299,3 +299,18 @@ async def is_authenticated(client: httpx.AsyncClient, headers: dict[str, str]) -
     r = await client.get("/user/get-active-project", headers=headers)
     assert r.status_code in (200, 401, 404), r.text
     return r.status_code != 401
+
+
+def relay_settings(twilio_standin: TwilioStandin, llm: Any, **more: Any) -> dict[str, Any]:
+    """Settings for a test that holds a live conversation: the Twilio and LLM stand-ins, the
+    receivers on 127.0.0.1 allowed, a quick job poll, an agent that speaks instantly (Twilio
+    does not say when it finished speaking) and a patient callee."""
+    return {
+        **twilio_standin.settings_overrides(),
+        **llm.settings_overrides(),
+        "webhook_allow_private_hosts": True,
+        "job_poll_interval_seconds": 0.05,
+        "conversation_speech_chars_per_second": 1e6,
+        "conversation_silence_seconds": 30.0,
+        **more,
+    }

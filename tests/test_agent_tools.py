@@ -30,10 +30,11 @@ from tests.factories import (
     db_update,
     dial,
     eventually,
+    relay_settings,
 )
 from tests.standins.server import running
 from tests.standins.tool_server import ToolServer
-from tests.standins.twilio_relay import LiveServer, answer
+from tests.standins.twilio_relay import answer
 
 FROM = "+14155550100"
 TO = CALLEE
@@ -47,21 +48,7 @@ def tools() -> Iterator[ToolServer]:
 
 @pytest.fixture
 def settings_overrides(request, twilio_standin, llm) -> dict[str, Any]:
-    return {
-        **twilio_standin.settings_overrides(),
-        **llm.settings_overrides(),
-        "webhook_allow_private_hosts": True,  # the tool server is on 127.0.0.1
-        "job_poll_interval_seconds": 0.05,
-        "conversation_speech_chars_per_second": 1e6,
-        "conversation_silence_seconds": 30.0,
-        **getattr(request, "param", {}),
-    }
-
-
-@pytest.fixture
-async def live(app):
-    async with LiveServer(app) as server:
-        yield server
+    return relay_settings(twilio_standin, llm, **getattr(request, "param", {}))
 
 
 def booking_tool(url: str, **extra: Any) -> dict[str, Any]:

@@ -12,16 +12,14 @@ import asyncio
 import json
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from tests.factories import CallingAgent, call_row, calling_agent, dial, eventually
-from tests.standins.receiver import WebhookReceiver, running_receiver
+from tests.factories import CallingAgent, call_row, calling_agent, dial, eventually, relay_settings
+from tests.standins.receiver import WebhookReceiver
 from tests.standins.twilio_relay import (
-    LiveServer,
     RelaySession,
     RelayTwiml,
     answer,
@@ -36,28 +34,8 @@ CALLER = "+14155550199"  # who calls our number FROM, inbound
 
 
 @pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with running_receiver() as r:
-        yield r
-
-
-@pytest.fixture
 def settings_overrides(request, twilio_standin, llm) -> dict[str, Any]:
-    return {
-        **twilio_standin.settings_overrides(),
-        **llm.settings_overrides(),
-        "webhook_allow_private_hosts": True,  # the webhook receiver is on 127.0.0.1
-        "job_poll_interval_seconds": 0.05,
-        "conversation_speech_chars_per_second": 1e6,
-        "conversation_silence_seconds": 30.0,
-        **getattr(request, "param", {}),
-    }
-
-
-@pytest.fixture
-async def live(app):
-    async with LiveServer(app) as server:
-        yield server
+    return relay_settings(twilio_standin, llm, **getattr(request, "param", {}))
 
 
 async def agent_with(client, mailbox, twilio_standin, **fields: Any) -> CallingAgent:

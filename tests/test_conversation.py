@@ -29,11 +29,11 @@ from tests.factories import (
     db_update,
     dial,
     eventually,
+    relay_settings,
     verified_account,
 )
-from tests.standins.receiver import WebhookReceiver, running_receiver
+from tests.standins.receiver import WebhookReceiver
 from tests.standins.twilio_relay import (
-    LiveServer,
     RelayTwiml,
     answer,
     connect_relay,
@@ -53,32 +53,15 @@ QUESTIONS: list[dict[str, Any]] = [
 
 
 @pytest.fixture
-def receiver():
-    with running_receiver() as r:
-        yield r
-
-
-@pytest.fixture
 def settings_overrides(request, twilio_standin, llm) -> dict[str, Any]:
     # A test changes more with @pytest.mark.parametrize("settings_overrides", [...], indirect=True).
-    return {
-        **twilio_standin.settings_overrides(),
-        **llm.settings_overrides(),
-        "webhook_allow_private_hosts": True,
-        "webhook_retry_base_seconds": 0.02,
-        "job_poll_interval_seconds": 0.05,
-        "job_retry_base_seconds": 0.01,
-        # Twilio does not say when it finished speaking; the tests' agent speaks instantly.
-        "conversation_speech_chars_per_second": 1e6,
-        "conversation_silence_seconds": 30.0,
+    return relay_settings(
+        twilio_standin,
+        llm,
+        webhook_retry_base_seconds=0.02,
+        job_retry_base_seconds=0.01,
         **getattr(request, "param", {}),
-    }
-
-
-@pytest.fixture
-async def live(app):
-    async with LiveServer(app) as server:
-        yield server
+    )
 
 
 @pytest.fixture

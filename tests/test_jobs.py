@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,6 @@ from app.main import create_app
 from app.models import Job, Project
 from tests.conftest import TEST_SECRET
 from tests.factories import api_key_for, verified_account
-from tests.standins.receiver import WebhookReceiver, running_receiver
 
 KIND = "test.work"
 
@@ -42,12 +41,6 @@ async def maker(database_url: str) -> AsyncIterator[Sessionmaker]:
         yield make_sessionmaker(engine)
     finally:
         await engine.dispose()
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with running_receiver() as r:
-        yield r
 
 
 async def add_jobs(maker: Sessionmaker, count: int = 1, **fields: Any) -> list[uuid.UUID]:

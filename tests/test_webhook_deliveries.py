@@ -6,7 +6,6 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +28,7 @@ from tests.factories import (
     parse_iso_ms,
     verified_account,
 )
-from tests.standins.receiver import Delivery, WebhookReceiver, running_receiver
+from tests.standins.receiver import Delivery
 from tests.test_migrations import _config as migration_config
 from tests.test_migrations import _sync_url as sync_url
 from tests.test_migrations import fresh_database  # noqa: F401  (a fixture)
@@ -54,12 +53,6 @@ DELIVERY_KEYS = {
 @pytest.fixture
 def settings_overrides(request) -> dict[str, Any]:
     return {**FAST, **getattr(request, "param", {})}
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with running_receiver() as r:
-        yield r
 
 
 async def hooked(client, mailbox, url: str) -> tuple[str, str, dict[str, str]]:

@@ -9,7 +9,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -21,7 +20,6 @@ from app.jobs.ssrf import blocked_reason, guarded_client
 from app.jobs.webhooks import enqueue_call_event, verify_signature
 from app.models import Job, Project
 from tests.factories import api_key_for, make_project, parse_iso_ms, verified_account
-from tests.standins.receiver import WebhookReceiver, running_receiver
 
 FAST = {
     # The receiver listens on 127.0.0.1.
@@ -38,12 +36,6 @@ CALL = {"callSid": "CA" + "0" * 32, "status": "ringing", "to": "+15005550006", "
 def settings_overrides(request) -> dict[str, Any]:
     # A test changes more with @pytest.mark.parametrize("settings_overrides", [...], indirect=True).
     return {**FAST, **getattr(request, "param", {})}
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with running_receiver() as r:
-        yield r
 
 
 def readme_verify(secret: str, header: str, body: bytes, tolerance: int = 300) -> bool:
