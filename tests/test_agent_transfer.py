@@ -467,6 +467,7 @@ async def test_the_humans_call_is_recorded_with_its_duration_and_price(
 
     for status in ("initiated", "ringing", "in-progress"):
         await leg_status(twilio_standin, client, human_sid, status)
+    await human_joins(twilio_standin, client, warm, call_sid=human_sid)
     twilio_standin.set_call(human_sid, price="-0.02550")
     await leg_status(twilio_standin, client, human_sid, "completed", CallDuration="95")
     await leg_status(twilio_standin, client, human_sid, "ringing")  # late: changes nothing
@@ -491,3 +492,205 @@ async def test_the_call_object_documents_the_transfer_fields(client):
         assert schema["properties"][name]["description"], name
         assert schema["properties"][name]["examples"], name
         assert name not in schema["required"]  # optional: old clients never miss it
+
+
+# -- the human hangs up during the briefing; the callee hangs up while the human rings --------
+
+
+async def human_joins(twilio_standin, client, warm: WarmCall, *, call_sid: str) -> None:
+    """Twilio's conference event for a participant joining: posted to the statusCallback of
+    the human's <Conference>, signed, with the parameters Twilio sends."""
+    leg = ET.fromstring(twilio_standin.created_calls[-1]["Twiml"][0])  # noqa: S314
+    conf = leg.find("Dial/Conference")
+    assert conf is not None
+    params = {
+        "AccountSid": twilio_standin.account_sid,
+        "ConferenceSid": "CF" + "4" * 32,
+        "FriendlyName": conf.text or "",
+        "StatusCallbackEvent": "participant-join",
+        "CallSid": call_sid,
+        "Muted": "false",
+        "Hold": "false",
+        "Coaching": "false",
+        "EndConferenceOnExit": "true",
+        "StartConferenceOnEnter": "true",
+        "SequenceNumber": "2",
+        "Timestamp": "Sat, 05 Dec 2026 09:00:00 +0000",
+    }
+    r = await post_signed(twilio_standin, client, conf.attrib["statusCallback"], params)
+    assert r.status_code == 204, r.text
+
+
+async def test_the_human_hanging_up_during_the_briefing_takes_the_callee_back_to_the_agent(
+    app, client, mailbox, live, twilio_standin, llm, receiver
+):
+    warm = await warm_transfer_to_handoff(
+        app, client, mailbox, live, twilio_standin, llm, webhook_url=receiver.url
+    )
+    await warm.relay.finish(handoff=warm.handoff)
+    call = await eventually(app, warm.sid, lambda c: len(c.transcript) == 3)
+    human_sid = twilio_standin.call_sids[-1]
+    # Twilio tells this server when the human, briefed, joins the conference.
+    conf = ET.fromstring(twilio_standin.created_calls[-1]["Twiml"][0]).find("Dial/Conference")  # noqa: S314
+    assert conf is not None
+    assert conf.attrib["statusCallback"] == (
+        f"https://talkstack.test/twilio/calls/{call.id}/transfer-joined"
+    )
+    assert (conf.attrib["statusCallbackEvent"], conf.attrib["statusCallbackMethod"]) == (
+        "join",
+        "POST",
+    )
+    # A join of some other call (signed, to the right URL) is not the human's.
+    await human_joins(twilio_standin, client, warm, call_sid="CA" + "9" * 32)
+
+    # The human answers, then hangs up during the briefing: their call ends `completed`.
+    await leg_status(twilio_standin, client, human_sid, "in-progress")
+    assert twilio_standin.redirects(warm.sid) == []  # still listening to the briefing
+    await leg_status(twilio_standin, client, human_sid, "completed", CallDuration="4")
+
+    [document] = twilio_standin.redirects(warm.sid)  # back with the agent, never on hold
+    assert RelayTwiml.parse(document).url == f"wss://talkstack.test/twilio/calls/{call.id}/relay"
+    call = await call_row(app, warm.sid)
+    assert (call.ended_reason, call.transfer_status, call.transfer_joined_at) == (
+        None,
+        "completed",
+        None,
+    )
+    failed = call.transcript[-1]
+    assert failed["transferFailed"] == "hung-up"
+    assert failed["result"] == "The transfer failed: they hung up before being connected."
+    events = await events_of(receiver, "call.transfer_failed")
+    [event] = [e for e in events if e["event"] == "call.transfer_failed"]
+    assert event["call"]["transferStatus"] == "completed"
+
+
+async def test_a_human_who_joined_the_callee_ends_the_transfer_as_done(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
+    await warm.relay.finish(handoff=warm.handoff)
+    await eventually(app, warm.sid, lambda c: len(c.transcript) == 3)
+    human_sid = twilio_standin.call_sids[-1]
+    await leg_status(twilio_standin, client, human_sid, "in-progress")
+    await human_joins(twilio_standin, client, warm, call_sid=human_sid)
+    joined = (await call_row(app, warm.sid)).transfer_joined_at
+    assert joined is not None
+    await human_joins(twilio_standin, client, warm, call_sid=human_sid)  # repeated: the same
+    assert (await call_row(app, warm.sid)).transfer_joined_at == joined
+    await leg_status(twilio_standin, client, human_sid, "completed", CallDuration="95")
+
+    call = await call_row(app, warm.sid)
+    assert (call.ended_reason, call.transfer_status, len(call.transcript)) == (
+        "transferred",
+        "completed",
+        3,
+    )
+    assert twilio_standin.redirects(warm.sid) == []
+
+
+async def callee_hangs_up(twilio_standin, client, warm: WarmCall) -> None:
+    cb = twilio_standin.callback(warm.sid, "status", CallStatus="completed", CallDuration="40")
+    assert (await twilio_standin.deliver(client, cb)).status_code == 204
+
+
+async def human_call_ended(twilio_standin, human_sid: str, within: float = 10.0) -> str:
+    """The human's call once this server asked Twilio to end it; its status then."""
+    deadline = time.monotonic() + within
+    while not twilio_standin.requests_to(f"/Calls/{human_sid}.json", "POST"):
+        assert time.monotonic() < deadline, "the human's call was never ended"
+        await asyncio.sleep(0.02)
+    [ended] = twilio_standin.requests_to(f"/Calls/{human_sid}.json", "POST")
+    assert ended.form == {"Status": ["completed"]}
+    return str(twilio_standin.call(human_sid)["status"])
+
+
+@pytest.mark.parametrize("human", ["ringing", "in-progress"])
+async def test_a_callee_who_hangs_up_before_the_human_joins_ends_the_humans_call(
+    app, client, mailbox, live, twilio_standin, llm, human
+):
+    """Nobody picks up (or finishes the briefing) into an empty conference."""
+    warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
+    await warm.relay.finish(handoff=warm.handoff)
+    await eventually(app, warm.sid, lambda c: len(c.transcript) == 3)
+    human_sid = twilio_standin.call_sids[-1]
+    await leg_status(twilio_standin, client, human_sid, "ringing")
+    if human == "in-progress":
+        await leg_status(twilio_standin, client, human_sid, "in-progress")
+
+    await callee_hangs_up(twilio_standin, client, warm)
+    # A ringing call is canceled; an answered one (hearing the briefing) is hung up.
+    expected = "canceled" if human == "ringing" else "completed"
+    assert await human_call_ended(twilio_standin, human_sid) == expected
+    await leg_status(twilio_standin, client, human_sid, expected)
+
+    call = await eventually(app, warm.sid, lambda c: c.transfer_status == expected)
+    assert (call.status, call.ended_reason) == ("completed", "transfer-failed")
+    assert twilio_standin.redirects(warm.sid) == []  # nobody to take back to the agent
+
+
+async def test_a_callee_who_hangs_up_after_the_human_leg_ended_asks_twilio_nothing_more(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
+    await warm.relay.finish(handoff=warm.handoff)
+    await eventually(app, warm.sid, lambda c: len(c.transcript) == 3)
+    human_sid = twilio_standin.call_sids[-1]
+    await leg_status(twilio_standin, client, human_sid, "in-progress")
+    await human_joins(twilio_standin, client, warm, call_sid=human_sid)
+    await leg_status(twilio_standin, client, human_sid, "completed", CallDuration="95")
+    await callee_hangs_up(twilio_standin, client, warm)
+    await eventually(app, warm.sid, lambda c: c.cost is not None or c.status == "completed")
+    await asyncio.sleep(0.3)  # the worker's turn: nothing of the human's call is due
+    assert twilio_standin.requests_to(f"/Calls/{human_sid}.json", "POST") == []
+
+
+async def test_a_relay_end_after_the_callee_hung_up_calls_nobody(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
+    await callee_hangs_up(twilio_standin, client, warm)  # before Twilio posts the session's end
+    calls_before = len(twilio_standin.created_calls)
+    r = await warm.relay.finish(handoff=warm.handoff)
+    assert ET.fromstring(r.text).find("Hangup") is not None  # noqa: S314 (the app's TwiML)
+    assert len(twilio_standin.created_calls) == calls_before
+
+
+async def test_a_late_final_save_of_the_first_session_keeps_the_failed_transfer(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    """The human's leg can fail before the first relay session's final transcript is written
+    (its end and Twilio's callbacks race): that write keeps the failure and leaves the end of
+    the call to whoever has the callee now."""
+    from types import SimpleNamespace
+
+    from app.conversation.transcript import TranscriptSaver
+
+    warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
+    await warm.relay.finish(handoff=warm.handoff)
+    call = await eventually(app, warm.sid, lambda c: len(c.transcript) == 3)
+    session_turns = list(call.transcript)
+    await human_does_not_answer(client, twilio_standin, warm, "busy")
+    await eventually(app, warm.sid, lambda c: len(c.transcript) == 4)
+
+    # The first session's final write, late: its transcript and its end, `transferred`.
+    late = SimpleNamespace(transcript=session_turns, ended_reason="transferred")
+    await TranscriptSaver(app.state.ctx, call.id).finish(late)  # type: ignore[arg-type]
+
+    call = await call_row(app, warm.sid)
+    assert call.transcript[:3] == session_turns
+    assert call.transcript[3]["transferFailed"] == "busy"
+    assert call.ended_reason is None  # the callee is back with the agent
+
+
+async def test_a_conference_event_without_twilios_signature_is_refused_and_changes_nothing(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
+    await warm.relay.finish(handoff=warm.handoff)
+    call = await call_row(app, warm.sid)
+    params = {"StatusCallbackEvent": "participant-join", "CallSid": twilio_standin.call_sids[-1]}
+    path = f"/twilio/calls/{call.id}/transfer-joined"
+    for headers in ({}, {"X-Twilio-Signature": "bm90IGEgc2lnbmF0dXJl"}):
+        r = await client.post(path, data=params, headers=headers)
+        assert r.status_code == 403, r.text
+    assert (await call_row(app, warm.sid)).transfer_joined_at is None

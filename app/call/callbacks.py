@@ -31,6 +31,30 @@ log = logging.getLogger("talkstack.call.callbacks")
 
 PRICE_JOB = "call.price"
 PRICE_ATTEMPTS = 8
+# Hang up a warm transfer's call to the human: the callee it was for is gone.
+END_LEG_JOB = "call.end_transfer_leg"
+END_LEG_ATTEMPTS = 6
+
+
+def leaves_human_waiting(
+    status: str, transfer_sid: str | None, transfer_status: str | None
+) -> bool:
+    """Whether a call in `status` has left a warm transfer's human leg behind: the callee's
+    call is over while the human's is not (ringing, or hearing the briefing)."""
+    return (
+        status in states.FINAL
+        and transfer_sid is not None
+        and (transfer_status or "queued") not in states.FINAL
+    )
+
+
+def end_leg_job(call_id: uuid.UUID, project_id: uuid.UUID) -> dict[str, Any]:
+    return job_row(
+        kind=END_LEG_JOB,
+        payload={"call_id": str(call_id)},
+        project_id=project_id,
+        max_attempts=END_LEG_ATTEMPTS,
+    )
 
 
 def _when(params: Mapping[str, str]) -> datetime:
@@ -122,6 +146,8 @@ async def apply_status(session: AsyncSession, call: Call, params: Mapping[str, s
     if ends_batch_call(call.batch_id, change.changed, call.status):
         await enqueue_many(session, [outcome_job(call.id, call.project_id, call.status)])
     if change.changed:
+        if leaves_human_waiting(call.status, call.transfer_call_sid, call.transfer_status):
+            await enqueue_many(session, [end_leg_job(call.id, call.project_id)])
         await call_changed(session, call)
         await _sync_if_final(session, call)
     return change.changed
@@ -261,6 +287,10 @@ class StatusIngest:
                     jobs.append(_price_job(callback.call_id, call["project_id"]))
                 if ends_batch_call(call["batch_id"], change.changed, call["status"]):
                     jobs.append(outcome_job(callback.call_id, call["project_id"], call["status"]))
+                if change.changed and leaves_human_waiting(
+                    call["status"], call["transfer_call_sid"], call["transfer_status"]
+                ):
+                    jobs.append(end_leg_job(callback.call_id, call["project_id"]))
                 if change.changed:
                     # The call as it is now, for its event: read-only, so a plain namespace of
                     # its columns (building an ORM Call costs more than the whole UPDATE).

@@ -70,6 +70,24 @@ async def fetch_price(ctx: AppContext, job: Job) -> None:
         await session.commit()
 
 
+async def end_transfer_leg(ctx: AppContext, job: Job) -> None:
+    """Hang up the human's leg of a warm transfer whose callee is gone (a ringing call is
+    canceled, an answered one completed). Its own final status then ends the transfer
+    (app/conversation/transfer.py): the call ends `transfer-failed` unless the two talked."""
+    if ctx.telephony is None:
+        return
+    call_id = uuid.UUID(job.payload["call_id"])
+    async with ctx.sessionmaker() as session:
+        call = await session.get(Call, call_id)
+    if call is None or not callbacks.leaves_human_waiting(
+        call.status, call.transfer_call_sid, call.transfer_status
+    ):
+        return
+    assert call.transfer_call_sid is not None
+    log.info("call %s: the callee is gone; the human's call is ended", call_id)
+    await ctx.telephony.end_call(call.transfer_call_sid)
+
+
 # -- the final status, when Twilio's callback never came ------------------------------------------
 
 CHECK_JOB = "call.check"

@@ -201,6 +201,7 @@ async def relay_ended(
             and agent.transfer_number
             and target.get("to") == agent.transfer_number
             and call.call_sid == params.get("CallSid")
+            and call.status not in states.FINAL  # the callee hung up meanwhile
             and transfer.may_transfer(call)
         ):
             return _xml(await transfer.hand_over(ctx, session, call, agent, target))
@@ -227,6 +228,18 @@ async def transfer_status(call_id: uuid.UUID, params: Params, ctx: CtxDep) -> Re
     # It runs its own transactions: Twilio is asked outside them (the callee may go back to
     # the agent).
     await transfer.human_leg_status(ctx, call_id, params)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/twilio/calls/{call_id}/transfer-joined",
+    status_code=204,
+    responses=_SIGNED,
+    response_class=Response,
+)
+async def transfer_joined(call_id: uuid.UUID, params: Params, ctx: CtxDep) -> Response:
+    """Twilio's conference events for the human's leg of a warm transfer (`participant-join`)."""
+    await transfer.human_joined(ctx, call_id, params)
     return Response(status_code=204)
 
 

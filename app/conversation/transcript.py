@@ -106,11 +106,14 @@ class TranscriptSaver:
             if call is None:
                 return
             transcript = self._earlier + copy.deepcopy(conversation.transcript)
-            # A voicemail message left meanwhile (it replaced this session) stays last.
-            transcript += voicemail.kept_turns(call.transcript[len(self._earlier) :])
+            # What others wrote meanwhile stays last: a voicemail message left (it replaced
+            # this session), or a warm transfer's failure that came before this write (the
+            # callee may already be back with the agent: the end is no longer this session's).
+            others = _written_by_others(call.transcript[len(self._earlier) :])
+            transcript += others
             call.transcript = transcript
             reason = conversation.ended_reason
-            if reason is not None:
+            if reason is not None and not any(turn.get("transferFailed") for turn in others):
                 call.ended_reason = reason
                 refined = states.final_status(call.status, call.answered_by, reason)
                 if refined != call.status:
@@ -124,6 +127,12 @@ class TranscriptSaver:
                     project_id=call.project_id,
                     max_attempts=8,
                 )
+
+
+def _written_by_others(stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The turns that others than a relay session write while it runs, which its final
+    transcript must keep: a voicemail message, a failed warm transfer."""
+    return [turn for turn in stored if turn.get("voicemail") or turn.get("transferFailed")]
 
 
 def _snapshot(transcript: list[dict[str, Any]]) -> list[dict[str, Any]]:

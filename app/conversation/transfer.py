@@ -17,14 +17,20 @@ The human's leg of a warm transfer is a Twilio call of its own, billed on its ow
 status, duration and price are kept on the call (`transfer_*`), from its status callbacks and
 the price job.
 
-If that leg ends unanswered (busy, no answer, failed, canceled), the callee goes back to the
-agent: a `transfer_call` turn saying why is added to the transcript, the project's webhook gets
-`call.transfer_failed`, and the callee's call is redirected to a new relay session of the same
+If that leg ends unanswered (busy, no answer, failed, canceled), or answered but hung up
+during the briefing (it ends `completed` without Twilio's `participant-join` of the conference,
+kept as `transfer_joined_at`), the callee goes back to the agent: a `transfer_call` turn
+saying why is added to the transcript, the project's webhook gets `call.transfer_failed`,
+and the callee's call is redirected to a new relay session of the same
 call, which continues the transcript; the agent, told why, speaks first. `transferredTo` stays
 (a transfer was tried) and `endedReason` is whatever ends the conversation. If the callee has
 hung up, or Twilio cannot redirect the call, the callee is told nobody could take the call and
 it ends `transfer-failed`: never a caller on hold forever. Twilio is asked outside any
 transaction.
+
+The other way round, a callee who hangs up while the human's phone rings (or during the
+briefing) ends the human's call too (the `call.end_transfer_leg` job, queued with the callee's
+final status; app/call/jobs.py): nobody answers into an empty conference.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ FAILED = "transfer-failed"
 FAILED_EVENT: CallEvent = "call.transfer_failed"
 # The human's leg ended without answering.
 UNANSWERED = frozenset({"busy", "no-answer", "failed", "canceled"})
+# What a transfer turn says of a human who answered but hung up before joining.
+HUNG_UP = "hung-up"
 NOBODY = "I'm sorry, nobody could take your call right now. We will get back to you. Goodbye."
 # Why the transfer failed, as the transcript says it and the agent is told.
 _WHY = {
@@ -65,6 +73,7 @@ _WHY = {
     "no-answer": "nobody answered",
     "failed": "the call could not be connected",
     "canceled": "the call was canceled",
+    HUNG_UP: "they hung up before being connected",
 }
 
 
@@ -101,7 +110,11 @@ async def hand_over(
                 to=number,
                 from_=our_number(call),
                 twiml=twiml.conference(
-                    room, starts_it=True, briefing=briefing(call, handoff), language=agent.language
+                    room,
+                    starts_it=True,
+                    briefing=briefing(call, handoff),
+                    language=agent.language,
+                    joined_callback=f"{base}/twilio/calls/{call.id}/transfer-joined",
                 ),
                 status_callback=f"{base}/twilio/calls/{call.id}/transfer-status",
             )
@@ -123,10 +136,10 @@ async def human_leg_status(ctx: AppContext, call_id: uuid.UUID, params: Mapping[
         call = await session.get(Call, call_id, with_for_update=True)
         if call is None or not await _leg_moved(session, call, params):
             return
-        status = call.transfer_status or ""
-        if status not in UNANSWERED or call.ended_reason != TRANSFERRED:
+        why = _why_not_joined(call)
+        if why is None or call.ended_reason != TRANSFERRED:
             return
-        log.info("call %s: the human did not answer (%s)", call.id, status)
+        log.info("call %s: the human did not take the call (%s)", call.id, why)
         now = iso_ms(utcnow())
         call.transcript = [
             *call.transcript,
@@ -134,8 +147,8 @@ async def human_leg_status(ctx: AppContext, call_id: uuid.UUID, params: Mapping[
                 "role": "tool",
                 "name": "transfer_call",
                 "arguments": {},
-                "result": f"The transfer failed: {_WHY[status]}.",
-                "transferFailed": status,
+                "result": f"The transfer failed: {_WHY[why]}.",
+                "transferFailed": why,
                 "startedAt": now,
                 "endedAt": now,
             },
@@ -164,6 +177,34 @@ async def human_leg_status(ctx: AppContext, call_id: uuid.UUID, params: Mapping[
                 await _fail(session, call, event=None)
         return
     log.info("call %s: the callee is back with the agent", call_id)
+
+
+async def human_joined(ctx: AppContext, call_id: uuid.UUID, params: Mapping[str, str]) -> None:
+    """Twilio's conference event for the human's leg: `participant-join` means the human heard
+    the briefing through and is now with the callee."""
+    if params.get("StatusCallbackEvent") != "participant-join":
+        return
+    async with ctx.sessionmaker() as session, session.begin():
+        call = await session.get(Call, call_id, with_for_update=True)
+        if call is None:
+            return
+        if call.transfer_call_sid is None or params.get("CallSid") != call.transfer_call_sid:
+            log.warning("call %s: a conference event of another call ignored", call_id)
+            return
+        if call.transfer_joined_at is None:
+            call.transfer_joined_at = utcnow()
+            log.info("call %s: the human joined the callee", call_id)
+
+
+def _why_not_joined(call: Call) -> str | None:
+    """Why the human's leg, now over, never joined the callee; None while it may yet, or
+    when it did."""
+    status = call.transfer_status or ""
+    if status in UNANSWERED:
+        return status
+    if status == "completed" and call.transfer_joined_at is None:
+        return HUNG_UP
+    return None
 
 
 async def _leg_moved(session: AsyncSession, call: Call, params: Mapping[str, str]) -> bool:

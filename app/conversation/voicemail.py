@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -109,9 +108,3 @@ async def _unmark(ctx: AppContext, call_id: uuid.UUID) -> None:
         call = await session.get(Call, call_id, with_for_update=True)
         if call is not None and call.ended_reason == ENDED_REASON:
             call.ended_reason = None
-
-
-def kept_turns(stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Turns written by others while a relay session ran (the voicemail message), which the
-    session's final transcript must keep."""
-    return [turn for turn in stored if turn.get("voicemail")]

@@ -11,7 +11,7 @@ from app.batch import outcome
 from app.batch.dialer import BatchDialer, build_pacer
 from app.batch.lifecycle import DIAL_JOB
 from app.call import callbacks
-from app.call.jobs import CHECK_JOB, check_call, fetch_price
+from app.call.jobs import CHECK_JOB, check_call, end_transfer_leg, fetch_price
 from app.context import AppContext
 from app.conversation import analysis, voicemail
 from app.db import make_engine, make_sessionmaker
@@ -38,6 +38,7 @@ async def job_handlers(ctx: AppContext) -> AsyncIterator[dict[str, Handler]]:
             webhooks.KIND: deliver,
             callbacks.PRICE_JOB: partial(fetch_price, ctx),
             CHECK_JOB: partial(check_call, ctx),
+            callbacks.END_LEG_JOB: partial(end_transfer_leg, ctx),
             analysis.ANALYZE_JOB: partial(analysis.run_analysis_job, ctx),
             voicemail.VOICEMAIL_JOB: partial(voicemail.leave_message, ctx),
             hubspot_jobs.SYNC_JOB: partial(hubspot_jobs.run_sync_job, ctx),

@@ -67,6 +67,9 @@ class Call(TimestampMixin, Base):
     transfer_status: Mapped[str | None] = mapped_column(String(16))
     transfer_seconds: Mapped[int | None] = mapped_column(Integer)
     transfer_cost: Mapped[Decimal | None] = mapped_column(Numeric(12, 5))
+    # When the human joined the conference (Twilio's participant-join): a leg that ends
+    # `completed` without it hung up during the briefing, and the callee goes back to the agent.
+    transfer_joined_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # HubSpot (app/hubspot): the contact called (given to makeCall, or found by the number) and
     # the call engagement logged for this call, so a retried sync updates instead of duplicating.
     hubspot_contact_id: Mapped[str | None] = mapped_column(String(32))

@@ -75,19 +75,33 @@ def dial(number: str, *, caller_id: str, timeout_seconds: int = 30) -> str:
 
 
 def conference(
-    name: str, *, starts_it: bool, briefing: str | None = None, language: str = "en-US"
+    name: str,
+    *,
+    starts_it: bool,
+    briefing: str | None = None,
+    language: str = "en-US",
+    joined_callback: str | None = None,
 ) -> str:
     """Join conference `name` (a warm transfer): the callee waits in it with hold music
     (`starts_it` False) until the human, briefed first, joins and starts it. Either leaving
-    ends it."""
+    ends it. With `joined_callback`, Twilio posts its `participant-join` event there (the
+    Conference noun's statusCallback): whether the human got past the briefing."""
     response = VoiceResponse()
     if briefing:
         response.say(briefing, language=language)
     dial = response.dial()
+    events: dict[str, str] = {}
+    if joined_callback is not None:
+        events = {
+            "status_callback": joined_callback,
+            "status_callback_event": "join",
+            "status_callback_method": "POST",
+        }
     dial.conference(
         name,
         start_conference_on_enter=starts_it,
         end_conference_on_exit=True,
         beep=False,
+        **events,
     )
     return str(response.to_xml())
