@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.conversation.llm import LanguageModel
-from app.conversation.tools import ToolWebhooks
+from app.integrations.elevenlabs import VoiceCatalogue
+from app.integrations.llm import LanguageModel
+from app.integrations.smtp import Mailer
+from app.integrations.twilio.port import Telephony
+from app.integrations.webhooks.tools import ToolCaller
 from app.jobs.worker import JobWorker
-from app.mail import Mailer
 from app.ratelimit import AuthRateLimiter
 from app.security import PasswordHasher, TokenSigner
-from app.telephony.twilio import TwilioAdapter
-from app.voice.catalogue import VoiceCatalogue
 
 
 @dataclass
@@ -26,10 +26,10 @@ class AppContext:
     signer: TokenSigner
     mailer: Mailer
     limiter: AuthRateLimiter
-    telephony: TwilioAdapter | None
+    telephony: Telephony  # port.NoTelephony when Twilio is not configured
     voices: VoiceCatalogue
     llm: LanguageModel
-    tool_webhooks: ToolWebhooks
+    tool_webhooks: ToolCaller
     # The in-process job worker (None when RUN_JOBS_IN_PROCESS=false: a separate
     # `talkstack-worker` runs the jobs).
     worker: JobWorker | None = None

@@ -21,29 +21,28 @@ from app.auth.router import protected as auth_protected
 from app.auth.router import public as auth_public
 from app.batch.router import router as batch_router
 from app.call.router import router as call_router
-from app.call.twilio_router import router as call_twilio_router
 from app.config import Settings, get_settings
 from app.context import AppContext
-from app.conversation.llm import build_language_model
-from app.conversation.router import router as conversation_router
-from app.conversation.tools import ToolWebhooks
 from app.db import make_engine, make_sessionmaker
 from app.deps import current_user
 from app.errors import NotConfigured, install_error_handlers
 from app.hubspot.router import router as hubspot_router
+from app.integrations.elevenlabs import build_voice_catalogue
+from app.integrations.llm import build_language_model
+from app.integrations.smtp import build_mailer
+from app.integrations.twilio.port import build_telephony
+from app.integrations.webhooks.tools import ToolWebhooks
 from app.jobs.registry import running_worker
-from app.mail import build_mailer
 from app.openapi import correct_openapi
 from app.phone_number.router import router as phone_number_router
 from app.project.router import router as project_router
 from app.ratelimit import AuthRateLimiter
-from app.routing import include_flat
 from app.schemas import ErrorBody, MessageOut
 from app.security import PasswordHasher, TokenSigner
-from app.telephony.twilio import build_telephony
 from app.user.router import router as user_router
-from app.voice.catalogue import build_voice_catalogue
 from app.voice.router import router as voice_router
+from app.web.routing import include_flat
+from app.web.twilio import router as twilio_router
 
 log = logging.getLogger("talkstack")
 
@@ -102,8 +101,7 @@ async def open_context(settings: Settings) -> AsyncIterator[AppContext]:
     try:
         yield ctx
     finally:
-        if ctx.telephony:
-            await ctx.telephony.aclose()
+        await ctx.telephony.aclose()
         await ctx.voices.aclose()
         await ctx.llm.aclose()
         await ctx.tool_webhooks.aclose()
@@ -194,8 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         include_flat(app, router, dependencies=[Depends(current_user)])
     # Twilio's callbacks: no user credential, each request proves itself with its signature.
-    include_flat(app, call_twilio_router)
-    include_flat(app, conversation_router)
+    include_flat(app, twilio_router)
     include_flat(app, auth_public)
     include_flat(app, auth_pages)
 

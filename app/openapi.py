@@ -11,7 +11,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel
 
 from app.deps import SECURITY_SCHEMES, bearer_user, current_user
-from app.routing import dependency_calls
+from app.web.routing import dependency_calls
 
 
 def _app_models() -> Iterator[type[BaseModel]]:

@@ -8,7 +8,7 @@ to --server-cpu and answers every streamed request at once (role chunk, nine con
 history of --history messages (a long call's) and reads each answer to its end, three ways, in
 turn, --rounds times:
 
-- `shipped`: app/conversation/llm.py `LanguageModel.stream_turn` (aiohttp, events read by hand);
+- `shipped`: app/integrations/llm.py `LanguageModel.stream_turn` (aiohttp, events read by hand);
 - `client.post`: the official client's `post(..., stream=True)`, events read by hand (the code
   before 2026-12-04, which ran it on the client's aiohttp transport);
 - `create`: `chat.completions.create(stream=True)`, the SDK's chunk models iterated (the first
@@ -34,7 +34,7 @@ import httpx
 import openai
 
 from app.config import Settings
-from app.conversation.llm import LanguageModel
+from app.integrations.llm import LanguageModel
 from bench.conversation_bench import fake_llm
 
 Turn = Callable[[int], Awaitable[None]]

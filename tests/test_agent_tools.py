@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app.jobs.webhooks import verify_signature
+from app.integrations.webhooks.sender import verify_signature
 from app.models import Call, Project
 from tests.factories import (
     CALLEE,

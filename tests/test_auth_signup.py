@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from app.mail import SmtpMailer
+from app.integrations.smtp import SmtpMailer
 from app.models import RefreshToken, User
 from app.security import sha256_hex
 from tests.conftest import free_port

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from app.jobs import webhooks
+from app.integrations.webhooks import sender as webhooks
 from app.models import (
     Agent,
     Call,

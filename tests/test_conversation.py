@@ -19,7 +19,7 @@ import websockets
 from sqlalchemy import event, select
 
 from app.conversation import transcript
-from app.jobs.webhooks import verify_signature
+from app.integrations.webhooks.sender import verify_signature
 from app.models import Call, CallAnalysis, Job
 from tests.factories import (
     CallingAgent,

@@ -22,9 +22,9 @@ from sqlalchemy import func, select
 
 from app.config import to_async_url
 from app.db import make_engine, make_sessionmaker, utcnow
+from app.integrations.webhooks.sender import enqueue_call_event
 from app.jobs import queue
 from app.jobs.queue import Sessionmaker, backoff, claim, enqueue
-from app.jobs.webhooks import enqueue_call_event
 from app.jobs.worker import JobWorker, PermanentFailure, RetryLater
 from app.main import create_app
 from app.models import Job, Project

@@ -1,4 +1,4 @@
-"""The live turn's request to the LLM (app/conversation/llm.py `stream_turn`), against the
+"""The live turn's request to the LLM (app/integrations/llm.py `stream_turn`), against the
 OpenAI stand-in: what is sent, what is read back, and each way it can fail."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from app.config import Settings
-from app.conversation.llm import LanguageModel, LLMError, TextDelta, ToolCall
+from app.integrations.llm import LanguageModel, LLMError, TextDelta, ToolCall
 from tests.conftest import free_port
 from tests.standins.llm import API_KEY, MODEL, LLMStandin
 

@@ -1,4 +1,4 @@
-"""The flat route table (app/routing.py): every route still answers where it did, behind a
+"""The flat route table (app/web/routing.py): every route still answers where it did, behind a
 proxy's root path too, and a router included as protected needs a credential."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.routing import APIRoute
 
 from app.deps import current_user
-from app.routing import Route, dependency_calls, include_flat
 from app.timefmt import iso_ms
+from app.web.routing import Route, dependency_calls, include_flat
 from tests.factories import api_key_for, make_project, verified_account
 from tests.mailbox import Mailbox
 

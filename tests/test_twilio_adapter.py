@@ -8,7 +8,6 @@ import socket
 import time
 import warnings
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -18,17 +17,20 @@ from starlette.datastructures import FormData
 from twilio.request_validator import RequestValidator
 
 from app.config import Settings
-from app.errors import NotConfigured, install_error_handlers
-from app.main import create_app
-from app.telephony.deps import TelephonyDep, require_telephony
-from app.telephony.errors import TwilioRejected, TwilioUnavailable
-from app.telephony.twilio import (
+from app.errors import install_error_handlers
+from app.integrations.twilio.adapter import (
     HttpxTwilioClient,
     OwnedNumber,
     TwilioAdapter,
-    build_telephony,
     valid_twilio_signature,
 )
+from app.integrations.twilio.errors import (
+    TelephonyNotConfigured,
+    TwilioRejected,
+    TwilioUnavailable,
+)
+from app.integrations.twilio.port import NoTelephony, build_telephony
+from app.main import create_app
 from tests.standins.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioStandin
 
 NUMBER = "+14155550100"
@@ -45,7 +47,7 @@ def twilio_settings(standin: TwilioStandin, **overrides: Any) -> Settings:
 
 @pytest.fixture
 async def adapter(twilio_standin: TwilioStandin) -> AsyncIterator[TwilioAdapter]:
-    built = build_telephony(twilio_settings(twilio_standin))
+    built = TwilioAdapter.from_settings(twilio_settings(twilio_standin))
     assert built is not None
     try:
         yield built
@@ -201,7 +203,7 @@ async def test_an_unknown_number_sid_is_a_502(adapter, twilio_standin):
 async def test_a_wrong_token_is_a_502_naming_the_settings(twilio_standin, caplog):
     caplog.set_level(logging.DEBUG)
     wrong = "wrong-token-" + "9" * 20
-    bad = build_telephony(twilio_settings(twilio_standin, twilio_auth_token=wrong))
+    bad = TwilioAdapter.from_settings(twilio_settings(twilio_standin, twilio_auth_token=wrong))
     assert bad is not None
     try:
         with pytest.raises(TwilioUnavailable) as raised:
@@ -257,7 +259,7 @@ async def test_rate_limiting_is_a_502(adapter, twilio_standin):
 
 
 async def test_a_hanging_twilio_is_a_502_after_the_timeout(twilio_standin):
-    slow = build_telephony(twilio_settings(twilio_standin, twilio_timeout_seconds=0.3))
+    slow = TwilioAdapter.from_settings(twilio_settings(twilio_standin, twilio_timeout_seconds=0.3))
     assert slow is not None
     twilio_standin.hang_next(seconds=10)
     started = time.monotonic()
@@ -402,41 +404,52 @@ async def test_list_form_values_are_repeated_keys(twilio_standin):
 # -- configuration ------------------------------------------------------------------------------
 
 
-def test_no_credentials_builds_no_adapter():
-    assert build_telephony(Settings(_env_file=None)) is None
-    assert build_telephony(Settings(_env_file=None, twilio_account_sid=ACCOUNT_SID)) is None
+def test_no_credentials_builds_the_not_configured_stand_in():
+    assert isinstance(build_telephony(Settings(_env_file=None)), NoTelephony)
+    half = Settings(_env_file=None, twilio_account_sid=ACCOUNT_SID)
+    assert isinstance(build_telephony(half), NoTelephony)
 
 
-async def test_require_telephony_answers_503_naming_the_variables(twilio_standin):
+async def test_the_stand_in_refuses_everything_with_one_503_naming_the_variables():
+    """Services never ask whether Twilio is configured: the stand-in's every method raises
+    TelephonyNotConfigured, which the API answers 503."""
+    telephony = NoTelephony()
+    calls = [
+        telephony.find_owned_number(NUMBER),
+        telephony.point_voice_url("PN1", VOICE_URL, STATUS_URL),
+        telephony.clear_voice_url("PN1"),
+        telephony.fetch_call("CA1"),
+        telephony.list_calls(),
+        telephony.call_with_twiml(to=NUMBER, from_=NUMBER, twiml="<Response/>", status_callback=""),
+        telephony.redirect_call("CA1", "<Response/>"),
+        telephony.end_call("CA1"),
+    ]
+    for pending in calls:
+        with pytest.raises(TelephonyNotConfigured):
+            await pending
+    with pytest.raises(TelephonyNotConfigured):
+        telephony.valid_signature(VOICE_URL, {}, "sig")
+    with pytest.raises(TelephonyNotConfigured):
+        telephony.ensure_configured()
+    await telephony.aclose()  # nothing to close
+
     app = FastAPI()
     install_error_handlers(app)
 
     @app.get("/needs-twilio")
-    async def needs_twilio(telephony: TelephonyDep) -> dict[str, str]:
-        return {"account": telephony.account_sid}
+    async def needs_twilio() -> dict[str, str]:
+        await telephony.end_call("CA1")
+        return {}
 
-    app.state.ctx = SimpleNamespace(telephony=None)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         r = await client.get("/needs-twilio")
-        assert r.status_code == 503
-        assert r.json() == {
-            "message": "Telephony is not configured: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.",
-            "status": "error",
-            "code": "TWILIO_NOT_CONFIGURED",
-        }
-        with pytest.raises(NotConfigured):
-            await require_telephony(SimpleNamespace(app=app))  # type: ignore[arg-type]
-
-        configured = build_telephony(twilio_settings(twilio_standin))
-        app.state.ctx = SimpleNamespace(telephony=configured)
-        try:
-            r = await client.get("/needs-twilio")
-        finally:
-            assert configured is not None
-            await configured.aclose()
-        assert r.status_code == 200
-        assert r.json() == {"account": ACCOUNT_SID}
+    assert r.status_code == 503
+    assert r.json() == {
+        "message": "Telephony is not configured: set TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.",
+        "status": "error",
+        "code": "TWILIO_NOT_CONFIGURED",
+    }
 
 
 async def test_the_lifespan_builds_the_adapter_and_closes_it(settings, twilio_standin):
@@ -449,15 +462,15 @@ async def test_the_lifespan_builds_the_adapter_and_closes_it(settings, twilio_st
     assert telephony.closed
 
 
-async def test_the_lifespan_without_credentials_has_no_adapter(app):
-    assert app.state.ctx.telephony is None
+async def test_the_lifespan_without_credentials_has_the_stand_in(app):
+    assert isinstance(app.state.ctx.telephony, NoTelephony)
 
 
 async def test_the_adapter_leaves_nothing_unclosed(twilio_standin, caplog):
     twilio_standin.add_incoming_number(NUMBER)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        adapter = build_telephony(twilio_settings(twilio_standin))
+        adapter = TwilioAdapter.from_settings(twilio_settings(twilio_standin))
         assert adapter is not None
         await adapter.find_owned_number(NUMBER)
         await adapter.aclose()

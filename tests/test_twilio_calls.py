@@ -15,9 +15,9 @@ import pytest
 from fastapi import FastAPI, Request, Response
 
 from app.config import Settings
-from app.telephony.errors import TwilioRejected, TwilioUnavailable
-from app.telephony.twilio import TwilioAdapter, build_telephony, valid_twilio_signature
-from app.telephony.types import CallFacts, PlacedCall
+from app.integrations.twilio.adapter import TwilioAdapter, valid_twilio_signature
+from app.integrations.twilio.errors import TwilioRejected, TwilioUnavailable
+from app.integrations.twilio.types import CallFacts, PlacedCall
 from tests.standins.twilio import ACCOUNT_SID, AUTH_TOKEN, TwilioStandin
 
 AGENT_NUMBER = "+14155550100"
@@ -40,7 +40,7 @@ def twilio_settings(standin: TwilioStandin, **overrides: Any) -> Settings:
 
 @pytest.fixture
 async def adapter(twilio_standin: TwilioStandin) -> AsyncIterator[TwilioAdapter]:
-    built = build_telephony(twilio_settings(twilio_standin))
+    built = TwilioAdapter.from_settings(twilio_settings(twilio_standin))
     assert built is not None
     try:
         yield built
@@ -171,7 +171,7 @@ async def test_a_twilio_5xx_on_create_is_a_502(adapter, twilio_standin, numbers,
 
 
 async def test_a_hanging_create_is_a_502_after_the_timeout(twilio_standin, numbers):
-    slow = build_telephony(twilio_settings(twilio_standin, twilio_timeout_seconds=0.3))
+    slow = TwilioAdapter.from_settings(twilio_settings(twilio_standin, twilio_timeout_seconds=0.3))
     assert slow is not None
     twilio_standin.hang_next(seconds=10)
     started = time.monotonic()
@@ -186,7 +186,9 @@ async def test_a_hanging_create_is_a_502_after_the_timeout(twilio_standin, numbe
 
 
 async def test_wrong_credentials_on_create_are_a_502(twilio_standin, numbers):
-    bad = build_telephony(twilio_settings(twilio_standin, twilio_auth_token="wrong-" + "0" * 26))
+    bad = TwilioAdapter.from_settings(
+        twilio_settings(twilio_standin, twilio_auth_token="wrong-" + "0" * 26)
+    )
     assert bad is not None
     try:
         with pytest.raises(TwilioUnavailable, match=r"rejected the credentials \(401"):

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.voice.catalogue import VoiceCatalogue, bundled_voices
+from app.integrations.elevenlabs import VoiceCatalogue, bundled_voices
 from tests.factories import api_key_for, assert_error, verified_account
 from tests.standins import elevenlabs as standin
 from tests.standins.elevenlabs import API_KEY, ElevenLabsStandin

@@ -16,9 +16,9 @@ from alembic import command
 from sqlalchemy import select, update
 
 from app.call.callbacks import status_ingest
-from app.jobs import webhooks
+from app.integrations.webhooks import sender as webhooks
+from app.integrations.webhooks.sender import verify_signature
 from app.jobs.queue import enqueue_many
-from app.jobs.webhooks import verify_signature
 from app.models import Call, Job, Project, WebhookDelivery
 from tests.factories import (
     api_key_for,

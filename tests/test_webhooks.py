@@ -15,9 +15,9 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from app.jobs import webhooks
-from app.jobs.ssrf import blocked_reason, guarded_client
-from app.jobs.webhooks import enqueue_call_event, verify_signature
+from app.integrations.webhooks import sender as webhooks
+from app.integrations.webhooks.sender import enqueue_call_event, verify_signature
+from app.integrations.webhooks.ssrf import blocked_reason, guarded_client
 from app.models import Job, Project
 from tests.factories import api_key_for, make_project, parse_iso_ms, verified_account
 

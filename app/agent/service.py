@@ -11,12 +11,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.context import AppContext
 from app.db import utcnow
 from app.errors import BadRequest
+from app.integrations.webhooks.url import validate_webhook_url
 from app.models import Agent, PhoneNumber, Project, User
 from app.phone import to_e164
 from app.phone_number.release import clear_voice_urls
 from app.phone_number.service import assign_number, release_agent_number
 from app.project.service import ensure_webhook_secret
-from app.project.webhook_url import validate_webhook_url
 
 # API field -> model attribute, for the fields PUT /agent may change.
 _FIELDS = {

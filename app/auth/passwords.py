@@ -16,7 +16,7 @@ from app.auth.service import user_by_email
 from app.context import AppContext
 from app.db import utcnow
 from app.errors import BadRequest, Unauthorized
-from app.mail import Mail
+from app.integrations.smtp import Mail
 from app.models import PasswordResetToken, RefreshToken, User
 from app.security import new_opaque_token, sha256_hex
 

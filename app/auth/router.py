@@ -24,7 +24,7 @@ from app.auth.schemas import (
 )
 from app.context import AppContext
 from app.deps import ClientAddress, CtxDep, CurrentUser, SessionDep
-from app.mail import Mail
+from app.integrations.smtp import Mail
 from app.schemas import MessageOut, error_responses
 from app.timefmt import iso_ms
 from app.user.schemas import UserOut

@@ -17,7 +17,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from app.context import AppContext
 from app.db import utcnow
 from app.errors import AppError, BadRequest, Forbidden, NotFound, Unauthorized
-from app.mail import Mail
+from app.integrations.smtp import Mail
 from app.models import RefreshToken, User
 from app.security import digests_equal, new_opaque_token, new_verification_code, sha256_hex
 

@@ -32,6 +32,7 @@ call whose callback came after all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -57,11 +58,11 @@ from app.context import AppContext
 from app.db import utcnow
 from app.errors import AppError
 from app.hubspot import service as hubspot_service
+from app.integrations.twilio.errors import TelephonyNotConfigured, TwilioRejected
+from app.integrations.twilio.types import PlacedCall
 from app.jobs.queue import enqueue_many
 from app.models import Agent, Batch, BatchRow, Call, Job, Project
 from app.phone_number.service import number_of_agent
-from app.telephony.errors import TelephonyNotConfigured, TwilioRejected
-from app.telephony.types import PlacedCall
 
 log = logging.getLogger("talkstack.batch.dialer")
 
@@ -367,11 +368,11 @@ class BatchDialer:
     # -- dialing ----------------------------------------------------------------------------
 
     async def dial(self, claim: Claim) -> None:
-        if self.ctx.telephony is None:
-            await self._unknown(claim, "Twilio is not configured")
-            return
         try:
             placed = await self.place(claim)
+        except TelephonyNotConfigured:
+            await self._unknown(claim, "Twilio is not configured")
+            return
         except TwilioRejected as exc:
             await self._refused(claim, exc)
             return
@@ -383,8 +384,6 @@ class BatchDialer:
     async def place(self, claim: Claim) -> PlacedCall:
         """Ask Twilio for the claim's call (nothing stored: `dial` records the outcome)."""
         ctx = self.ctx
-        if ctx.telephony is None:
-            raise TelephonyNotConfigured()
         return await ctx.telephony.create_call(
             to=claim.to,
             from_=claim.from_,
@@ -467,7 +466,7 @@ class BatchDialer:
             since = row.claimed_at - CLOCK_SKEW
             number, from_ = row.number, call.from_number if call else None
         found: list[Any] = []
-        if telephony is not None:
+        with contextlib.suppress(TelephonyNotConfigured):  # then nothing was placed
             placed = await telephony.list_calls(to=number, from_=from_, limit=20)
             found = [c for c in placed if c.date_created is None or c.date_created >= since]
         async with self.ctx.sessionmaker() as session, session.begin():

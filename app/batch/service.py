@@ -27,7 +27,6 @@ from app.models import Agent, Batch, BatchRow, HubSpotConnection, User
 from app.phone import to_e164
 from app.phone_number.service import number_of_agent
 from app.project.service import get_owned_agent, get_owned_project, parse_id
-from app.telephony.errors import TelephonyNotConfigured
 
 INSERT_CHUNK = 1000
 # The POST answer lists at most this many rejected rows; GET /call/batch-call/{id} has all.
@@ -144,8 +143,7 @@ async def create_batch(
             "The agent has no phone number to call from; assign one with /phone-number/add-number.",
             code="AGENT_HAS_NO_NUMBER",
         )
-    if ctx.telephony is None:
-        raise TelephonyNotConfigured()
+    ctx.telephony.ensure_configured()  # refused before anything is stored
     batch = Batch(
         user_id=user.id,
         project_id=project.id,

@@ -23,7 +23,7 @@ from app.call.schemas import CallOut
 from app.conversation.analysis import has_conversation
 from app.db import utcnow
 from app.hubspot import jobs as hubspot_jobs
-from app.jobs import webhooks
+from app.integrations.webhooks import sender as webhooks
 from app.jobs.queue import enqueue, enqueue_many, job_row
 from app.models import Call, Project
 
@@ -127,6 +127,21 @@ async def _enqueue_price(session: AsyncSession, call_id: uuid.UUID, project_id: 
         project_id=project_id,
         max_attempts=PRICE_ATTEMPTS,
     )
+
+
+async def load_for_callback(
+    session: AsyncSession, call_id: uuid.UUID, params: Mapping[str, str]
+) -> Call | None:
+    """The call a Twilio callback is about, locked; None (logged) when it is unknown or the
+    callback names another Call SID."""
+    call = await session.get(Call, call_id, with_for_update=True)
+    sid = params.get("CallSid")
+    if call is None or not same_call(call.call_sid, sid):
+        log.warning("Twilio callback for unknown call %s (CallSid %s) ignored", call_id, sid)
+        return None
+    if call.call_sid is None and sid:
+        call.call_sid = sid  # the callback beat place_call to storing the SID
+    return call
 
 
 async def apply_status(session: AsyncSession, call: Call, params: Mapping[str, str]) -> bool:

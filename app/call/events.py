@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.call.schemas import CallOut
-from app.jobs.webhooks import CallEvent, enqueue_call_event
+from app.integrations.webhooks.sender import CallEvent, enqueue_call_event
 from app.models import Call, Project
 
 

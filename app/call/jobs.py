@@ -44,8 +44,6 @@ async def _twilio_sid(
 async def fetch_price(ctx: AppContext, job: Job) -> None:
     """Store Twilio's price of a finished call (positive), or of its warm transfer's call to
     the human (`leg`); Twilio may take minutes to set it."""
-    if ctx.telephony is None:
-        return
     call_id = uuid.UUID(job.payload["call_id"])
     leg = job.payload.get("leg")
     sid = await _twilio_sid(ctx, call_id, leg=leg)
@@ -74,8 +72,6 @@ async def end_transfer_leg(ctx: AppContext, job: Job) -> None:
     """Hang up the human's leg of a warm transfer whose callee is gone (a ringing call is
     canceled, an answered one completed). Its own final status then ends the transfer
     (app/conversation/transfer.py): the call ends `transfer-failed` unless the two talked."""
-    if ctx.telephony is None:
-        return
     call_id = uuid.UUID(job.payload["call_id"])
     async with ctx.sessionmaker() as session:
         call = await session.get(Call, call_id)
@@ -115,8 +111,6 @@ async def schedule_check(session: AsyncSession, call: Call, *, max_seconds: int)
 
 
 async def check_call(ctx: AppContext, job: Job) -> None:
-    if ctx.telephony is None:
-        return
     call_id = uuid.UUID(job.payload["call_id"])
     sid = await _twilio_sid(ctx, call_id, unless_final=True)
     if sid is None:

@@ -16,11 +16,11 @@ from app.context import AppContext
 from app.db import utcnow
 from app.errors import AppError, BadRequest, NotFound
 from app.hubspot import service as hubspot
+from app.integrations.twilio.errors import TwilioRejected
 from app.models import Agent, Call, Project, User
 from app.phone import to_e164
 from app.phone_number.service import number_of_agent
 from app.project.service import get_owned_agent, get_owned_project
-from app.telephony.errors import TelephonyNotConfigured, TwilioRejected
 
 log = logging.getLogger("talkstack.call")
 
@@ -88,8 +88,7 @@ async def prepare_call(
             code="MISSING_VARIABLES",
             missing=missing,
         )
-    if ctx.telephony is None:
-        raise TelephonyNotConfigured()
+    ctx.telephony.ensure_configured()  # refused before anything is stored
     return PreparedCall(
         user_id=user.id,
         project_id=project.id,
@@ -131,7 +130,6 @@ async def place_call(
     This runs its own transactions (not the request's): the row must be committed before
     Twilio is asked, because Twilio's first callback can arrive before this request ends.
     """
-    assert ctx.telephony is not None
     call = Call(
         user_id=prepared.user_id,
         project_id=prepared.project_id,

@@ -22,10 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.call import status as states
 from app.call.schemas import CallOut
 from app.context import AppContext
-from app.conversation.llm import LanguageModel, LLMError, Message
 from app.errors import Conflict, UpstreamError
 from app.hubspot import jobs as hubspot_jobs
-from app.jobs.webhooks import enqueue_call_event
+from app.integrations.llm import LanguageModel, LLMError, Message
+from app.integrations.webhooks.sender import enqueue_call_event
 from app.jobs.worker import RetryLater
 from app.models import Agent, Call, CallAnalysis, Project
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from app.context import AppContext
+from app.integrations.twilio import twiml
 from app.models import Agent, Call
-from app.telephony import twiml
 
 RELAY_PATH = "/twilio/calls/{call_id}/relay"
 

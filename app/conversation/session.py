@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from app.conversation.llm import LanguageModel, LLMError, Message, TextDelta, ToolCall
 from app.conversation.tools import (
     TRANSCRIPT_RESULT_CHARS,
     digits_of,
     filler,
     tool_specs,
 )
+from app.integrations.llm import LanguageModel, LLMError, Message, TextDelta, ToolCall
 
 log = logging.getLogger("talkstack.conversation")
 
@@ -425,7 +425,7 @@ class Conversation:
 
     def _hand_over(self, call: ToolCall, turn: dict[str, Any], *, after: float) -> None:
         """End the relay session with a transfer: Twilio then asks the Connect action, which
-        dials the agent's transfer number (app/conversation/router.py)."""
+        dials the agent's transfer number (transfer.py)."""
         reason = str(call.arguments.get("reason") or "")[:200]
         summary = str(call.arguments.get("summary") or "")[:1000]
         self.transfer = {

@@ -1,7 +1,8 @@
 """Handing a call to the agent's human colleague (its `transferNumber`).
 
 The agent's `transfer_call` tool ends the relay session with a transfer handoff; Twilio then asks
-the session's Connect action (app/conversation/router.py), whose answer is decided here:
+the session's Connect action (app/web/twilio.py), whose answer is decided here
+(`session_ended`):
 
 - cold: `<Dial>` the number, with our number on the call as caller id; the two people talk,
   the agent is gone.
@@ -36,6 +37,7 @@ final status; app/call/jobs.py): nobody answers into an empty conference.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import Mapping
@@ -51,10 +53,10 @@ from app.context import AppContext
 from app.conversation.documents import relay_twiml
 from app.db import utcnow
 from app.errors import AppError
+from app.integrations.twilio import twiml
+from app.integrations.webhooks.sender import CallEvent
 from app.jobs.queue import enqueue
-from app.jobs.webhooks import CallEvent
 from app.models import Agent, Call
-from app.telephony import twiml
 from app.timefmt import iso_ms
 
 log = logging.getLogger("talkstack.conversation.transfer")
@@ -102,7 +104,7 @@ async def hand_over(
     call.transferred_to = number
     call.ended_reason = TRANSFERRED
     await call_changed(session, call, "call.transferred")
-    if agent.transfer_mode == "warm" and ctx.telephony is not None:
+    if agent.transfer_mode == "warm":
         room = f"talkstack-{call.id}"
         base = ctx.settings.public_base_url
         try:
@@ -127,6 +129,46 @@ async def hand_over(
             return twiml.conference(room, starts_it=False)
     log.info("call %s: transferred", call.id)
     return twiml.dial(number, caller_id=our_number(call))
+
+
+async def session_ended(
+    ctx: AppContext, session: AsyncSession, call_id: uuid.UUID, params: Mapping[str, str]
+) -> str:
+    """ConversationRelay's session is over (its Connect action): the TwiML that hangs up, or
+    that hands the callee to the agent's human colleague when the agent transferred the call."""
+    handoff = _handoff(params.get("HandoffData", ""))
+    log.info(
+        "relay for call %s ended: %s (%s)",
+        call_id,
+        params.get("SessionStatus", ""),
+        handoff.get("reason", "no reason given"),
+    )
+    target = handoff.get("transfer")
+    if handoff.get("reason") == TRANSFERRED and isinstance(target, dict):
+        call = await session.get(Call, call_id, with_for_update=True)
+        agent = await session.get(Agent, call.agent_id) if call and call.agent_id else None
+        # The number comes back from Twilio as we sent it; it is still checked against the
+        # agent's, so the only number ever dialed is one the agent's owner set. Once per call.
+        if (
+            call is not None
+            and agent is not None
+            and agent.transfer_number
+            and target.get("to") == agent.transfer_number
+            and call.call_sid == params.get("CallSid")
+            and call.status not in states.FINAL  # the callee hung up meanwhile
+            and may_transfer(call)
+        ):
+            return await hand_over(ctx, session, call, agent, target)
+        log.warning("call %s: a transfer that does not match its agent was refused", call_id)
+    return twiml.hang_up()
+
+
+def _handoff(raw: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 async def human_leg_status(ctx: AppContext, call_id: uuid.UUID, params: Mapping[str, str]) -> None:
@@ -156,7 +198,7 @@ async def human_leg_status(ctx: AppContext, call_id: uuid.UUID, params: Mapping[
         agent = await session.get(Agent, call.agent_id) if call.agent_id else None
         language = agent.language if agent is not None else "en-US"
         sid = call.call_sid
-        if call.status in states.FINAL or sid is None or ctx.telephony is None or agent is None:
+        if call.status in states.FINAL or sid is None or agent is None:
             # The callee hung up while on hold: nobody to take back.
             await _fail(session, call)
             return

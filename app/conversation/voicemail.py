@@ -20,11 +20,11 @@ from app.call import status as states
 from app.call.render import render_lenient
 from app.context import AppContext
 from app.db import utcnow
+from app.integrations.twilio import twiml
+from app.integrations.twilio.errors import TwilioRejected, TwilioUnavailable
 from app.jobs.queue import enqueue
 from app.jobs.worker import RetryLater
 from app.models import Agent, Call, Job
-from app.telephony import twiml
-from app.telephony.errors import TwilioRejected, TwilioUnavailable
 from app.timefmt import iso_ms
 
 log = logging.getLogger("talkstack.conversation.voicemail")
@@ -70,8 +70,7 @@ async def leave_message(ctx: AppContext, job: Job) -> None:
             return
         if call.status in states.FINAL or call.ended_reason == ENDED_REASON:
             return  # over already (hung up during the greeting), or the message is left
-        if ctx.telephony is None:
-            return
+        ctx.telephony.ensure_configured()  # before the mark: nothing changes if not
         call.ended_reason = ENDED_REASON
         message = message_for(agent, call)
         document = twiml.say_and_hang_up(message, language=agent.language)

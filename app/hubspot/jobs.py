@@ -21,9 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import AppContext
 from app.db import utcnow
-from app.hubspot import client as hs
 from app.hubspot import service
 from app.hubspot.sync import CallFacts, sync_call
+from app.integrations.hubspot import client as hs
 from app.jobs.queue import enqueue
 from app.jobs.worker import PermanentFailure, RetryLater
 from app.models import Call, HubSpotConnection, Job

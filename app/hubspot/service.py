@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import AppContext
 from app.db import utcnow
-from app.hubspot import client as hs
-from app.hubspot.errors import (
+from app.integrations.hubspot import client as hs
+from app.integrations.hubspot.errors import (
     HubSpotContactHasNoNumber,
     HubSpotContactNotFound,
     HubSpotNotConnected,

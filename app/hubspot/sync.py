@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import update
 
 from app.context import AppContext
-from app.hubspot.client import HubSpotClient, HubSpotNotFound, normalise
+from app.integrations.hubspot.client import HubSpotClient, HubSpotNotFound, normalise
 from app.models import Call
 from app.timefmt import iso_ms
 

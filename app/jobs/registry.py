@@ -16,7 +16,7 @@ from app.context import AppContext
 from app.conversation import analysis, voicemail
 from app.db import make_engine, make_sessionmaker
 from app.hubspot import jobs as hubspot_jobs
-from app.jobs import webhooks
+from app.integrations.webhooks import sender as webhooks
 from app.jobs.queue import wake_on_commit
 from app.jobs.worker import Handler, JobWorker
 

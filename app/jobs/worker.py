@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import timedelta
 
 from app.db import utcnow
+from app.errors import NotConfigured
 from app.jobs import queue
 from app.jobs.queue import Sessionmaker
 from app.models import Job
@@ -206,6 +207,11 @@ class JobWorker:
             await self._failed(job, exc.reason, exc.delay)
         except PermanentFailure as exc:
             await self._bury(job, exc.reason)
+        except NotConfigured as exc:
+            # The outside system it needs (Twilio...) is not configured here: nothing to do,
+            # and nothing a retry would change.
+            log.info("job %s (%s) skipped: %s", job.id, job.kind, exc.message)
+            await self._settle(queue.complete(self._sessionmaker, job), job)
         except Exception as exc:
             log.warning(
                 "job %s (%s) attempt %d failed", job.id, job.kind, job.attempts, exc_info=True

@@ -18,6 +18,7 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.context import AppContext
+from app.integrations.twilio.errors import TelephonyNotConfigured
 from app.models import PhoneNumber
 
 log = logging.getLogger("talkstack.phone_number")
@@ -29,7 +30,6 @@ INBOUND_STATUS_PATH = "/twilio/voice/status"
 
 async def point_here(ctx: AppContext, number_sid: str) -> None:
     """Send the incoming number's calls and their final status to this server."""
-    assert ctx.telephony is not None
     base = ctx.settings.public_base_url
     await ctx.telephony.point_voice_url(
         number_sid, base + INBOUND_VOICE_PATH, status_callback=base + INBOUND_STATUS_PATH
@@ -55,15 +55,14 @@ async def clear_voice_urls(ctx: AppContext, sids: list[str]) -> None:
     it are pointed back here, where they are still assigned."""
     if not sids:
         return
-    if ctx.telephony is None:
-        # Pointed while Twilio was configured; nothing can reach Twilio now.
-        log.warning("released %d Twilio number(s) without Twilio credentials", len(sids))
-        return
     cleared: list[str] = []
     try:
         for sid in sids:
             await ctx.telephony.clear_voice_url(sid)
             cleared.append(sid)
+    except TelephonyNotConfigured:
+        # Pointed while Twilio was configured; nothing can reach Twilio now.
+        log.warning("released %d Twilio number(s) without Twilio credentials", len(sids))
     except BaseException:
         await _point_back(ctx, cleared)
         raise
@@ -71,10 +70,10 @@ async def clear_voice_urls(ctx: AppContext, sids: list[str]) -> None:
 
 async def unpoint_quietly(ctx: AppContext, sid: str) -> None:
     """Best effort, while another error is on its way: clear the number's voice URL."""
-    if ctx.telephony is None:
-        return
     try:
         await ctx.telephony.clear_voice_url(sid)
+    except TelephonyNotConfigured:
+        pass
     except Exception:
         log.exception("could not clear the voice URL of %s", sid)
 

@@ -20,7 +20,6 @@ from app.phone_number.release import (
     unpoint_quietly,
 )
 from app.project.service import get_owned_project, parse_id
-from app.telephony.errors import TelephonyNotConfigured
 
 _TAKEN = "This number is already assigned to an agent outside this project."
 
@@ -49,10 +48,7 @@ async def assign_number(
         await session.flush()
         await clear_voice_urls(ctx, released)
         return existing
-    telephony = ctx.telephony
-    if telephony is None:
-        raise TelephonyNotConfigured()
-    owned = await telephony.find_owned_number(e164)
+    owned = await ctx.telephony.find_owned_number(e164)
     if owned is None:
         raise BadRequest(
             f"{e164} is neither a phone number of the configured Twilio account nor one of its "

@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
 from app.errors import Conflict, NotFound
-from app.jobs import queue, webhooks
+from app.integrations.webhooks import sender as webhooks
+from app.jobs import queue
 from app.models import Job, Project, WebhookDelivery
 from app.pagination import PageTokens
 from app.project.service import new_webhook_secret

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Query
 
 from app.deps import CtxDep, CurrentUser, SessionDep
-from app.jobs.webhooks import MAX_ATTEMPTS, CallEvent
+from app.integrations.webhooks.sender import MAX_ATTEMPTS, CallEvent
 from app.models import Project
 from app.pagination import PageTokens
 from app.project import deliveries, service

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, StringConstraints
 
-from app.jobs.webhooks import CallEvent
+from app.integrations.webhooks.sender import CallEvent
 from app.schemas import Strict
 from app.timefmt import iso_ms
 

@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.context import AppContext
 from app.db import utcnow
 from app.errors import BadRequest, Conflict, NotFound
+from app.integrations.webhooks.url import validate_webhook_url
 from app.models import Agent, PhoneNumber, Project, User
 from app.phone_number.release import clear_voice_urls, release_numbers
-from app.project.webhook_url import validate_webhook_url
 
 
 def parse_id(raw: str | uuid.UUID, what: str) -> uuid.UUID:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.voice.catalogue import VoiceCatalogue
+from app.integrations.elevenlabs import VoiceCatalogue
 
 
 async def get_voices(request: Request) -> VoiceCatalogue:

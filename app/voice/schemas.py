@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from app.voice.catalogue import Voice
+from app.integrations.elevenlabs import Voice
 
 # The docs' message for both endpoints; "list" even when one voice is returned.
 FETCHED = "successfully fetched voice list."

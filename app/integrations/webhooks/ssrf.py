@@ -16,7 +16,7 @@ import httpcore
 import httpx
 
 from app.errors import AppError
-from app.project.webhook_url import resolve
+from app.integrations.webhooks.url import resolve
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 

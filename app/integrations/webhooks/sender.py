@@ -22,11 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import Settings
 from app.db import new_id, utcnow
 from app.errors import AppError
+from app.integrations.webhooks.ssrf import blocked_reason, guarded_client
+from app.integrations.webhooks.url import validate_webhook_url
 from app.jobs.queue import MAX_ERROR_LENGTH, Sessionmaker, enqueue_many, job_row
-from app.jobs.ssrf import blocked_reason, guarded_client
 from app.jobs.worker import RetryLater
 from app.models import Job, Project, WebhookDelivery
-from app.project.webhook_url import validate_webhook_url
 from app.timefmt import iso_ms
 
 log = logging.getLogger("talkstack.jobs.webhooks")

@@ -24,8 +24,8 @@ from twilio.rest import Client
 
 from app.config import Settings
 from app.errors import AppError
-from app.telephony.errors import TwilioUnavailable, error_parts, twilio_error
-from app.telephony.types import (
+from app.integrations.twilio.errors import TwilioUnavailable, error_parts, twilio_error
+from app.integrations.twilio.types import (
     STATUS_CALLBACK_EVENTS,
     CallFacts,
     OwnedNumber,
@@ -40,7 +40,6 @@ __all__ = [
     "OwnedNumber",
     "PlacedCall",
     "TwilioAdapter",
-    "build_telephony",
     "valid_twilio_signature",
 ]
 
@@ -227,6 +226,9 @@ class TwilioAdapter:
     def closed(self) -> bool:
         return self._http.closed
 
+    def ensure_configured(self) -> None:
+        """Configured: nothing to refuse (port.NoTelephony refuses)."""
+
     @contextmanager
     def _errors(self) -> Iterator[None]:
         with _twilio_errors(self._http.timeout_seconds):
@@ -401,13 +403,6 @@ def _call_facts(rec: Any) -> CallFacts:
         from_=str(rec._from or ""),
         date_created=rec.date_created if isinstance(rec.date_created, datetime) else None,
     )
-
-
-def build_telephony(settings: Settings) -> TwilioAdapter | None:
-    """The adapter, or None when the Twilio credentials are not set (endpoints then answer 503)."""
-    if not settings.twilio_configured:
-        return None
-    return TwilioAdapter.from_settings(settings)
 
 
 def valid_twilio_signature(

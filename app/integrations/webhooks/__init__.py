@@ -1,0 +1,1 @@
+"""Users' own receivers: project webhooks, custom tools, and the SSRF guard both go through."""

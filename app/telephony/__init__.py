@@ -1,1 +1,0 @@
-"""Telephony: the Twilio adapter (the only importer of `twilio`), its errors and its dependency."""
