@@ -32,13 +32,13 @@ from app.integrations.llm import build_language_model
 from app.integrations.smtp import build_mailer
 from app.integrations.twilio.port import build_telephony
 from app.integrations.webhooks.tools import ToolWebhooks
-from app.jobs.registry import running_worker
 from app.openapi import correct_openapi
 from app.phone_number.router import router as phone_number_router
 from app.project.router import router as project_router
 from app.ratelimit import AuthRateLimiter
 from app.schemas import ErrorBody, MessageOut
 from app.security import PasswordHasher, TokenSigner
+from app.tasks import running_worker
 from app.user.router import router as user_router
 from app.voice.router import router as voice_router
 from app.web.routing import include_flat

@@ -393,7 +393,7 @@ async def finished_conversation(app, client, setup: CallingAgent, twilio_standin
 async def test_the_analysis_judges_success_against_the_agents_criteria(
     app, client, mailbox, twilio_standin, llm
 ):
-    from app.conversation.analysis import run_analysis_job
+    from app.call.analysis import run_analysis_job
     from app.jobs.queue import enqueue
 
     criteria = "The callee booked an appointment."

@@ -24,6 +24,7 @@ from app.batch import outcome
 from app.batch.campaign import CallWindow
 from app.batch.dialer import IDLE, BatchDialer, Claim, MemoryPacer
 from app.batch.lifecycle import DIAL_JOB
+from app.call.lifecycle import AMD_GRACE, OUTCOME_JOB
 from app.db import utcnow
 from app.jobs.queue import DONE, QUEUED, RUNNING
 from app.models import Batch, BatchRow, Call, Job
@@ -268,12 +269,12 @@ async def test_an_outcome_is_called_again_after_the_delay_up_to_its_attempts(
         first, done = done, first
     await end_call(client, twilio_standin, done.call_sid, "completed")
     await end_call(client, twilio_standin, first.call_sid, status)
-    assert await run_jobs(app, outcome.OUTCOME_JOB, at=utcnow() + outcome.AMD_GRACE * 2) == 2
+    assert await run_jobs(app, OUTCOME_JOB, at=utcnow() + AMD_GRACE * 2) == 2
     (waiting,) = [r for r in await batch_rows(app, batch_id) if r.number == target]
     # A job runs at least once: deciding the same call again changes nothing.
     async with ctx.sessionmaker() as s, s.begin():
-        await s.execute(update(Job).where(Job.kind == outcome.OUTCOME_JOB).values(status=QUEUED))
-    assert await run_jobs(app, outcome.OUTCOME_JOB, at=utcnow() + outcome.AMD_GRACE * 2) == 2
+        await s.execute(update(Job).where(Job.kind == OUTCOME_JOB).values(status=QUEUED))
+    assert await run_jobs(app, OUTCOME_JOB, at=utcnow() + AMD_GRACE * 2) == 2
     (again,) = [r for r in await batch_rows(app, batch_id) if r.number == target]
     assert (again.state, again.next_attempt_at) == ("queued", waiting.next_attempt_at)
     assert len(await queued_jobs(app, DIAL_JOB)) == 1
@@ -317,7 +318,7 @@ async def test_an_outcome_is_called_again_after_the_delay_up_to_its_attempts(
         calls = [c for c in await batch_calls(app, batch_id) if c.to_number == target]
         assert len(calls) == attempt and calls[-1].call_sid not in {c.call_sid for c in calls[:-1]}
         await end_call(client, twilio_standin, calls[-1].call_sid, status)
-        await run_jobs(app, outcome.OUTCOME_JOB, at=at)
+        await run_jobs(app, OUTCOME_JOB, at=at)
 
     assert dialed(twilio_standin) == Counter({target: 3, other: 1})
     calls = [c for c in await batch_calls(app, batch_id) if c.to_number == target]
@@ -347,7 +348,7 @@ async def test_a_call_that_ends_before_its_claim_is_settled_is_decided_once_it_i
     assert isinstance(claim, Claim)
     placed = await dialer.place(claim)  # Twilio places it; the server dies before storing it
     await end_call(client, twilio_standin, placed.sid, "no-answer")
-    assert await run_jobs(app, outcome.OUTCOME_JOB, at=utcnow()) == 1
+    assert await run_jobs(app, OUTCOME_JOB, at=utcnow()) == 1
     (row,) = await batch_rows(app, str(batch_id))
     assert (row.state, row.call_attempts) == ("dialing", 1)  # not decided yet
 
@@ -356,7 +357,7 @@ async def test_a_call_that_ends_before_its_claim_is_settled_is_decided_once_it_i
         assert stale is not None and stale.claimed_at is not None
         stale.claimed_at -= dialer.stale_after
     await dialer.reconcile_stale(batch_id)
-    assert await run_jobs(app, outcome.OUTCOME_JOB, at=utcnow()) == 1
+    assert await run_jobs(app, OUTCOME_JOB, at=utcnow()) == 1
     (row,) = await batch_rows(app, str(batch_id))
     assert (row.state, row.call_id, row.outcome) == ("queued", None, "no-answer")
     at = utcnow() + timedelta(seconds=61)
@@ -377,12 +378,12 @@ async def test_voicemail_by_the_amd_verdict_after_completed_is_called_again(
     (call,) = await batch_calls(app, batch_id)
     await end_call(client, twilio_standin, call.call_sid, "completed")
     # `completed` is decided only after the AMD verdict could have come.
-    (pending,) = await queued_jobs(app, outcome.OUTCOME_JOB)
-    assert pending.next_attempt_at >= now + outcome.AMD_GRACE
-    assert await run_jobs(app, outcome.OUTCOME_JOB, at=utcnow()) == 0
+    (pending,) = await queued_jobs(app, OUTCOME_JOB)
+    assert pending.next_attempt_at >= now + AMD_GRACE
+    assert await run_jobs(app, OUTCOME_JOB, at=utcnow()) == 0
     amd = twilio_standin.callback(call.call_sid, "amd", AnsweredBy="machine_end_beep")
     assert (await twilio_standin.deliver(client, amd)).status_code == 204
-    assert await run_jobs(app, outcome.OUTCOME_JOB, at=utcnow() + outcome.AMD_GRACE * 2) == 2
+    assert await run_jobs(app, OUTCOME_JOB, at=utcnow() + AMD_GRACE * 2) == 2
 
     (row,) = await batch_rows(app, batch_id)
     assert (row.state, row.call_id, row.call_attempts) == ("queued", None, 1)
@@ -393,7 +394,7 @@ async def test_voicemail_by_the_amd_verdict_after_completed_is_called_again(
     amd = twilio_standin.callback(second.call_sid, "amd", AnsweredBy="machine_end_beep")
     assert (await twilio_standin.deliver(client, amd)).status_code == 204
     await end_call(client, twilio_standin, second.call_sid, "completed")
-    await run_jobs(app, outcome.OUTCOME_JOB, at=utcnow() + outcome.AMD_GRACE * 2)
+    await run_jobs(app, OUTCOME_JOB, at=utcnow() + AMD_GRACE * 2)
 
     body = await progress(client, setup, batch_id)
     (shown,) = body["rows"]
@@ -417,7 +418,7 @@ async def test_a_row_waiting_for_a_retry_is_canceled_with_its_last_outcome(
     await dial_at(app, now)
     (call,) = await batch_calls(app, batch_id)
     await end_call(client, twilio_standin, call.call_sid, "busy")
-    await run_jobs(app, outcome.OUTCOME_JOB, at=utcnow())
+    await run_jobs(app, OUTCOME_JOB, at=utcnow())
 
     r = await client.post(f"/call/batch-call/{batch_id}/cancel", headers=setup.key)
     assert r.status_code == 200 and r.json()["batch"]["outcomes"] == {"busy": 1}

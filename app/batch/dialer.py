@@ -48,8 +48,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.agent.schemas import MAX_CALL_SECONDS
 from app.batch import lifecycle
 from app.batch.campaign import CallWindow
-from app.batch.outcome import outcome_job
-from app.call.jobs import CHECK_GRACE, RING_SECONDS, schedule_check
+from app.call import lifecycle as lifecycle_of_call
+from app.call.lifecycle import CHECK_GRACE, RING_SECONDS, outcome_job, schedule_check
 from app.call.render import missing_variables, render
 from app.call.service import callback_url, hubspot_properties, record_refusal
 from app.call.status import FINAL
@@ -299,17 +299,15 @@ class BatchDialer:
                 await self._adopt(session, row, call, call.call_sid)
                 return AGAIN
             if call is None:
-                call = Call(
+                call = lifecycle_of_call.outbound(
                     user_id=batch.user_id,
                     project_id=batch.project_id,
-                    agent_id=agent.id,
+                    agent=agent,
                     batch_id=batch.id,
                     hubspot_contact_id=row.hubspot_contact_id,
-                    direction="outbound",
-                    to_number=row.number,
-                    from_number=from_,
-                    status="queued",
-                    dynamic_variables=dict(row.variables),
+                    to=row.number,
+                    from_=from_,
+                    variables=dict(row.variables),
                     system_instruction=render(agent.system_instruction, row.variables) or "",
                     first_message=render(agent.first_message, row.variables),
                 )

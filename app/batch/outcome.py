@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
@@ -23,36 +23,12 @@ from app.batch import lifecycle
 from app.batch.campaign import load_retry
 from app.call.status import FINAL
 from app.db import utcnow
-from app.jobs.queue import job_row
 from app.models import Batch, BatchRow, Call, Job
 
 if TYPE_CHECKING:
     from app.context import AppContext
 
 log = logging.getLogger("talkstack.batch.outcome")
-
-OUTCOME_JOB = "batch.outcome"
-OUTCOME_ATTEMPTS = 10
-AMD_GRACE = timedelta(seconds=60)
-
-
-def outcome_job(call_id: uuid.UUID, project_id: uuid.UUID, status: str) -> dict[str, Any]:
-    """The job row (for `enqueue_many`) deciding a batch call's outcome: `status` is its new
-    final status."""
-    row = job_row(
-        kind=OUTCOME_JOB,
-        payload={"call_id": str(call_id)},
-        project_id=project_id,
-        max_attempts=OUTCOME_ATTEMPTS,
-    )
-    if status == "completed":
-        row["next_attempt_at"] = row["next_attempt_at"] + AMD_GRACE
-    return row
-
-
-def ends_batch_call(batch_id: uuid.UUID | None, changed: bool, status: str) -> bool:
-    """Whether a status change gives a batch call its final status (no query: the hot path)."""
-    return changed and batch_id is not None and status in FINAL
 
 
 async def decide(ctx: AppContext, job: Job) -> None:

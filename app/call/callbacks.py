@@ -16,45 +16,18 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.batch.outcome import ends_batch_call, outcome_job
+from app.call import lifecycle
 from app.call import status as states
+from app.call.analysis import has_conversation
 from app.call.events import call_changed
 from app.call.schemas import CallOut
-from app.conversation.analysis import has_conversation
 from app.db import utcnow
 from app.hubspot import jobs as hubspot_jobs
 from app.integrations.webhooks import sender as webhooks
-from app.jobs.queue import enqueue, enqueue_many, job_row
+from app.jobs.queue import enqueue_many
 from app.models import Call, Project
 
 log = logging.getLogger("talkstack.call.callbacks")
-
-PRICE_JOB = "call.price"
-PRICE_ATTEMPTS = 8
-# Hang up a warm transfer's call to the human: the callee it was for is gone.
-END_LEG_JOB = "call.end_transfer_leg"
-END_LEG_ATTEMPTS = 6
-
-
-def leaves_human_waiting(
-    status: str, transfer_sid: str | None, transfer_status: str | None
-) -> bool:
-    """Whether a call in `status` has left a warm transfer's human leg behind: the callee's
-    call is over while the human's is not (ringing, or hearing the briefing)."""
-    return (
-        status in states.FINAL
-        and transfer_sid is not None
-        and (transfer_status or "queued") not in states.FINAL
-    )
-
-
-def end_leg_job(call_id: uuid.UUID, project_id: uuid.UUID) -> dict[str, Any]:
-    return job_row(
-        kind=END_LEG_JOB,
-        payload={"call_id": str(call_id)},
-        project_id=project_id,
-        max_attempts=END_LEG_ATTEMPTS,
-    )
 
 
 def _when(params: Mapping[str, str]) -> datetime:
@@ -119,16 +92,6 @@ def status_update(
     return StatusUpdate(values, changed=True, completed=new == "completed")
 
 
-async def _enqueue_price(session: AsyncSession, call_id: uuid.UUID, project_id: uuid.UUID) -> None:
-    await enqueue(
-        session,
-        kind=PRICE_JOB,
-        payload={"call_id": str(call_id)},
-        project_id=project_id,
-        max_attempts=PRICE_ATTEMPTS,
-    )
-
-
 async def load_for_callback(
     session: AsyncSession, call_id: uuid.UUID, params: Mapping[str, str]
 ) -> Call | None:
@@ -156,13 +119,18 @@ async def apply_status(session: AsyncSession, call: Call, params: Mapping[str, s
     )
     for column, value in change.values.items():
         setattr(call, column, value)
-    if change.completed:
-        await _enqueue_price(session, call.id, call.project_id)
-    if ends_batch_call(call.batch_id, change.changed, call.status):
-        await enqueue_many(session, [outcome_job(call.id, call.project_id, call.status)])
+    jobs = lifecycle.jobs_after_status(
+        call_id=call.id,
+        project_id=call.project_id,
+        batch_id=call.batch_id,
+        status=call.status,
+        transfer_sid=call.transfer_call_sid,
+        transfer_status=call.transfer_status,
+        changed=change.changed,
+        completed=change.completed,
+    )
+    await enqueue_many(session, jobs)
     if change.changed:
-        if leaves_human_waiting(call.status, call.transfer_call_sid, call.transfer_status):
-            await enqueue_many(session, [end_leg_job(call.id, call.project_id)])
         await call_changed(session, call)
         await _sync_if_final(session, call)
     return change.changed
@@ -298,14 +266,16 @@ class StatusIngest:
                     values["call_sid"] = sid  # the callback beat place_call to storing the SID
                 call.update(values)
                 writes.setdefault(callback.call_id, {}).update(values)
-                if change.completed:
-                    jobs.append(_price_job(callback.call_id, call["project_id"]))
-                if ends_batch_call(call["batch_id"], change.changed, call["status"]):
-                    jobs.append(outcome_job(callback.call_id, call["project_id"], call["status"]))
-                if change.changed and leaves_human_waiting(
-                    call["status"], call["transfer_call_sid"], call["transfer_status"]
-                ):
-                    jobs.append(end_leg_job(callback.call_id, call["project_id"]))
+                jobs += lifecycle.jobs_after_status(
+                    call_id=callback.call_id,
+                    project_id=call["project_id"],
+                    batch_id=call["batch_id"],
+                    status=call["status"],
+                    transfer_sid=call["transfer_call_sid"],
+                    transfer_status=call["transfer_status"],
+                    changed=change.changed,
+                    completed=change.completed,
+                )
                 if change.changed:
                     # The call as it is now, for its event: read-only, so a plain namespace of
                     # its columns (building an ORM Call costs more than the whole UPDATE).
@@ -360,15 +330,6 @@ def _settle(callback: _Callback, outcome: bool | BaseException) -> None:
         callback.done.set_result(outcome)
 
 
-def _price_job(call_id: uuid.UUID, project_id: uuid.UUID) -> dict[str, Any]:
-    return job_row(
-        kind=PRICE_JOB,
-        payload={"call_id": str(call_id)},
-        project_id=project_id,
-        max_attempts=PRICE_ATTEMPTS,
-    )
-
-
 _ingests: weakref.WeakKeyDictionary[async_sessionmaker[AsyncSession], StatusIngest] = (
     weakref.WeakKeyDictionary()
 )
@@ -396,8 +357,8 @@ async def apply_amd(session: AsyncSession, call: Call, params: Mapping[str, str]
     refined = states.final_status(call.status, answered_by)
     if refined != call.status:
         call.status = refined
-        if ends_batch_call(call.batch_id, True, refined):
-            await enqueue_many(session, [outcome_job(call.id, call.project_id, refined)])
+        if lifecycle.ends_batch_call(call.batch_id, True, refined):
+            await enqueue_many(session, [lifecycle.outcome_job(call.id, call.project_id, refined)])
         await call_changed(session, call)
         return True
     return False

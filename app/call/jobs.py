@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, timedelta
+from datetime import UTC
 from email.utils import format_datetime
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from app.call import callbacks
+from app.call import callbacks, lifecycle
 from app.call import status as states
+from app.call.lifecycle import CHECK_GRACE
 from app.context import AppContext
-from app.db import utcnow
 from app.errors import AppError
-from app.jobs.queue import enqueue
 from app.jobs.worker import PermanentFailure, RetryLater
 from app.models import Call, Job
 
@@ -75,7 +72,7 @@ async def end_transfer_leg(ctx: AppContext, job: Job) -> None:
     call_id = uuid.UUID(job.payload["call_id"])
     async with ctx.sessionmaker() as session:
         call = await session.get(Call, call_id)
-    if call is None or not callbacks.leaves_human_waiting(
+    if call is None or not lifecycle.leaves_human_waiting(
         call.status, call.transfer_call_sid, call.transfer_status
     ):
         return
@@ -85,29 +82,6 @@ async def end_transfer_leg(ctx: AppContext, job: Job) -> None:
 
 
 # -- the final status, when Twilio's callback never came ------------------------------------------
-
-CHECK_JOB = "call.check"
-CHECK_ATTEMPTS = 12
-# How long Twilio rings before giving up (calls.create's Timeout, left at its default).
-RING_SECONDS = 60
-# How long after a call must have ended its final status callback has to have come.
-CHECK_GRACE = timedelta(minutes=5)
-
-
-async def schedule_check(session: AsyncSession, call: Call, *, max_seconds: int) -> None:
-    """Queue, in the caller's transaction, a look at Twilio's record of `call` once it must
-    have ended (ringing, then at most `max_seconds` of talk, then a grace period). A final
-    status callback that never arrived (lost, or sent while this server was down) is then
-    applied from that record, as the callback would have been: the call does not stay live
-    forever, and its webhook, price and analysis follow."""
-    await enqueue(
-        session,
-        kind=CHECK_JOB,
-        payload={"call_id": str(call.id)},
-        project_id=call.project_id,
-        run_at=utcnow() + timedelta(seconds=RING_SECONDS + max_seconds) + CHECK_GRACE,
-        max_attempts=CHECK_ATTEMPTS,
-    )
 
 
 async def check_call(ctx: AppContext, job: Job) -> None:

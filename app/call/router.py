@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 
 from app.call import history, idempotency, service
+from app.call.analysis import analysis_on_demand
 from app.call.schemas import (
     AnalysisIn,
     AnalysisOut,
@@ -19,7 +20,6 @@ from app.call.schemas import (
     MakeCallOut,
     PlacedCallOut,
 )
-from app.conversation.analysis import analysis_on_demand
 from app.deps import CtxDep, CurrentUser, SessionDep
 from app.errors import AppError
 from app.pagination import PageTokens

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.call import lifecycle
 from app.call.events import call_changed
-from app.call.jobs import schedule_check
 from app.call.render import missing_variables, placeholders, render
 from app.context import AppContext
 from app.db import utcnow
@@ -130,16 +130,14 @@ async def place_call(
     This runs its own transactions (not the request's): the row must be committed before
     Twilio is asked, because Twilio's first callback can arrive before this request ends.
     """
-    call = Call(
+    call = lifecycle.outbound(
         user_id=prepared.user_id,
         project_id=prepared.project_id,
-        agent_id=prepared.agent.id,
+        agent=prepared.agent,
         batch_id=batch_id,
-        direction="outbound",
-        to_number=prepared.to,
-        from_number=prepared.from_,
-        status="queued",
-        dynamic_variables=prepared.variables,
+        to=prepared.to,
+        from_=prepared.from_,
+        variables=prepared.variables,
         system_instruction=prepared.system_instruction,
         first_message=prepared.first_message,
         hubspot_contact_id=prepared.hubspot_contact_id,
@@ -169,8 +167,7 @@ async def place_call(
     async with ctx.sessionmaker() as session:
         row = await session.get(Call, call.id, with_for_update=True)
         assert row is not None
-        row.call_sid = placed.sid
-        await schedule_check(session, row, max_seconds=prepared.agent.max_call_duration_seconds)
+        await lifecycle.placed(session, row, placed.sid, prepared.agent)
         await session.commit()
         return row
 

@@ -9,9 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.call import callbacks
-from app.call.events import call_changed
-from app.call.jobs import schedule_check
+from app.call import callbacks, lifecycle
 from app.call.render import render_lenient
 from app.context import AppContext
 from app.conversation.documents import relay_twiml
@@ -38,16 +36,15 @@ async def answer(ctx: AppContext, session: AsyncSession, params: Mapping[str, st
     call = await _inbound_call_row(session, sid)
     if call is None:
         variables = {"from": caller, "to": to}
-        call = Call(
-            call_sid=sid,
+        call = lifecycle.inbound(
+            sid=sid,
             user_id=project.user_id,
             project_id=project.id,
-            agent_id=agent.id,
-            direction="inbound",
-            to_number=to,
-            from_number=caller,
+            agent=agent,
+            to=to,
+            caller=caller,
             status=_initial_status(params.get("CallStatus", "")),
-            dynamic_variables=variables,
+            variables=variables,
             system_instruction=render_lenient(agent.system_instruction, variables) or "",
             first_message=render_lenient(agent.first_message, variables),
         )
@@ -59,8 +56,7 @@ async def answer(ctx: AppContext, session: AsyncSession, params: Mapping[str, st
             call = await _inbound_call_row(session, sid)
             assert call is not None
         else:
-            await call_changed(session, call)
-            await schedule_check(session, call, max_seconds=agent.max_call_duration_seconds)
+            await lifecycle.answered_inbound(session, call, agent)
     log.info("inbound call %s to %s answered by agent %s", sid, number.e164, agent.id)
     return relay_twiml(ctx, call, agent)
 

@@ -14,10 +14,10 @@ from typing import Any
 from sqlalchemy import or_, update
 
 from app.call import status as states
+from app.call.analysis import ANALYZE_JOB, has_conversation
 from app.call.events import call_changed
 from app.context import AppContext
 from app.conversation import voicemail
-from app.conversation.analysis import ANALYZE_JOB, has_conversation
 from app.conversation.session import Conversation
 from app.jobs.queue import enqueue
 from app.models import Call

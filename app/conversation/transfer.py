@@ -46,9 +46,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.call import status as states
-from app.call.callbacks import PRICE_ATTEMPTS, PRICE_JOB, same_call
+from app.call.callbacks import same_call
 from app.call.events import call_changed
 from app.call.jobs import TRANSFER_LEG
+from app.call.lifecycle import PRICE_ATTEMPTS, PRICE_JOB
 from app.context import AppContext
 from app.conversation.documents import relay_twiml
 from app.db import utcnow

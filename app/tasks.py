@@ -10,10 +10,11 @@ from functools import partial
 from app.batch import outcome
 from app.batch.dialer import BatchDialer, build_pacer
 from app.batch.lifecycle import DIAL_JOB
-from app.call import callbacks
-from app.call.jobs import CHECK_JOB, check_call, end_transfer_leg, fetch_price
+from app.call import analysis
+from app.call.jobs import check_call, end_transfer_leg, fetch_price
+from app.call.lifecycle import CHECK_JOB, END_LEG_JOB, OUTCOME_JOB, PRICE_JOB
 from app.context import AppContext
-from app.conversation import analysis, voicemail
+from app.conversation import voicemail
 from app.db import make_engine, make_sessionmaker
 from app.hubspot import jobs as hubspot_jobs
 from app.integrations.webhooks import sender as webhooks
@@ -36,14 +37,14 @@ async def job_handlers(ctx: AppContext) -> AsyncIterator[dict[str, Handler]]:
         stack.push_async_callback(pacer.aclose)
         yield {
             webhooks.KIND: deliver,
-            callbacks.PRICE_JOB: partial(fetch_price, ctx),
+            PRICE_JOB: partial(fetch_price, ctx),
             CHECK_JOB: partial(check_call, ctx),
-            callbacks.END_LEG_JOB: partial(end_transfer_leg, ctx),
+            END_LEG_JOB: partial(end_transfer_leg, ctx),
             analysis.ANALYZE_JOB: partial(analysis.run_analysis_job, ctx),
             voicemail.VOICEMAIL_JOB: partial(voicemail.leave_message, ctx),
             hubspot_jobs.SYNC_JOB: partial(hubspot_jobs.run_sync_job, ctx),
             DIAL_JOB: BatchDialer(ctx, pacer),
-            outcome.OUTCOME_JOB: partial(outcome.decide, ctx),
+            OUTCOME_JOB: partial(outcome.decide, ctx),
         }
 
 

@@ -11,8 +11,8 @@ import logging
 import signal
 
 from app.config import Settings, get_settings
-from app.jobs.registry import running_worker
 from app.main import open_context
+from app.tasks import running_worker
 
 log = logging.getLogger("talkstack.jobs")
 

@@ -1,0 +1,215 @@
+"""The life of a call, in one place: where a call is created (outbound, batch, inbound) and
+what follows when its status changes.
+
+Created: `outbound` (POST /call, app/call/service.py; a batch row's call, app/batch/dialer.py)
+and `inbound` (Twilio's inbound webhook, app/conversation/inbound.py) build the row;
+`placed` records Twilio's Call SID of an outbound call; `answered_inbound` does what follows an
+inbound call's creation. Each queues the call's final check (jobs.schedule_check): a call never
+stays live because a callback was lost.
+
+Changed: `jobs_after_status` is every job a status change queues, for both writers of status
+callbacks (callbacks.apply_status, one call in an ORM session; callbacks.StatusIngest, many
+calls in one Core transaction, the hot path): the price of a completed call, a batch call's
+outcome, the end of a warm transfer's human leg the callee left. The project's webhook event
+(events.call_changed) and HubSpot's sync (callbacks._sync_if_final) go with them; the analysis
+follows the transcript (app/conversation/transcript.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.call import status as states
+from app.call.events import call_changed
+from app.db import utcnow
+from app.jobs.queue import enqueue, job_row
+from app.models import Agent, Call
+
+PRICE_JOB = "call.price"
+PRICE_ATTEMPTS = 8
+# Hang up a warm transfer's call to the human: the callee it was for is gone.
+END_LEG_JOB = "call.end_transfer_leg"
+END_LEG_ATTEMPTS = 6
+# A batch call's outcome (app/batch/outcome.py decides it).
+OUTCOME_JOB = "batch.outcome"
+OUTCOME_ATTEMPTS = 10
+# Twilio's answering-machine verdict can come after a call's end: a `completed` batch call's
+# outcome waits this long (`voicemail` may be retried when `completed` is not).
+AMD_GRACE = timedelta(seconds=60)
+
+
+CHECK_JOB = "call.check"
+CHECK_ATTEMPTS = 12
+# How long Twilio rings before giving up (calls.create's Timeout, left at its default).
+RING_SECONDS = 60
+# How long after a call must have ended its final status callback has to have come.
+CHECK_GRACE = timedelta(minutes=5)
+
+
+async def schedule_check(session: AsyncSession, call: Call, *, max_seconds: int) -> None:
+    """Queue, in the caller's transaction, a look at Twilio's record of `call` once it must
+    have ended (ringing, then at most `max_seconds` of talk, then a grace period). A final
+    status callback that never arrived (lost, or sent while this server was down) is then
+    applied from that record, as the callback would have been (call/jobs.py check_call): the
+    call does not stay live forever, and its webhook, price and analysis follow."""
+    await enqueue(
+        session,
+        kind=CHECK_JOB,
+        payload={"call_id": str(call.id)},
+        project_id=call.project_id,
+        run_at=utcnow() + timedelta(seconds=RING_SECONDS + max_seconds) + CHECK_GRACE,
+        max_attempts=CHECK_ATTEMPTS,
+    )
+
+
+# -- created ------------------------------------------------------------------------------------
+
+
+def outbound(
+    *,
+    user_id: uuid.UUID,
+    project_id: uuid.UUID,
+    agent: Agent,
+    to: str,
+    from_: str,
+    variables: dict[str, Any],
+    system_instruction: str,
+    first_message: str | None,
+    batch_id: uuid.UUID | None = None,
+    hubspot_contact_id: str | None = None,
+) -> Call:
+    """A call we are about to place (queued until Twilio says more)."""
+    return Call(
+        user_id=user_id,
+        project_id=project_id,
+        agent_id=agent.id,
+        batch_id=batch_id,
+        hubspot_contact_id=hubspot_contact_id,
+        direction="outbound",
+        to_number=to,
+        from_number=from_,
+        status="queued",
+        dynamic_variables=variables,
+        system_instruction=system_instruction,
+        first_message=first_message,
+    )
+
+
+async def placed(session: AsyncSession, call: Call, sid: str, agent: Agent) -> None:
+    """Twilio placed the outbound call: its Call SID, and its final check."""
+    call.call_sid = sid
+    await schedule_check(session, call, max_seconds=agent.max_call_duration_seconds)
+
+
+def inbound(
+    *,
+    sid: str,
+    user_id: uuid.UUID,
+    project_id: uuid.UUID,
+    agent: Agent,
+    to: str,
+    caller: str,
+    status: str,
+    variables: dict[str, Any],
+    system_instruction: str,
+    first_message: str | None,
+) -> Call:
+    """A call to one of our numbers, which its agent answers."""
+    return Call(
+        call_sid=sid,
+        user_id=user_id,
+        project_id=project_id,
+        agent_id=agent.id,
+        direction="inbound",
+        to_number=to,
+        from_number=caller,
+        status=status,
+        dynamic_variables=variables,
+        system_instruction=system_instruction,
+        first_message=first_message,
+    )
+
+
+async def answered_inbound(session: AsyncSession, call: Call, agent: Agent) -> None:
+    """An inbound call was stored: the project's webhook hears of it; its final check."""
+    await call_changed(session, call)
+    await schedule_check(session, call, max_seconds=agent.max_call_duration_seconds)
+
+
+# -- changed ------------------------------------------------------------------------------------
+
+
+def price_job(call_id: uuid.UUID, project_id: uuid.UUID) -> dict[str, Any]:
+    return job_row(
+        kind=PRICE_JOB,
+        payload={"call_id": str(call_id)},
+        project_id=project_id,
+        max_attempts=PRICE_ATTEMPTS,
+    )
+
+
+def outcome_job(call_id: uuid.UUID, project_id: uuid.UUID, status: str) -> dict[str, Any]:
+    """The job row deciding a batch call's outcome: `status` is its new final status."""
+    row = job_row(
+        kind=OUTCOME_JOB,
+        payload={"call_id": str(call_id)},
+        project_id=project_id,
+        max_attempts=OUTCOME_ATTEMPTS,
+    )
+    if status == "completed":
+        row["next_attempt_at"] = row["next_attempt_at"] + AMD_GRACE
+    return row
+
+
+def end_leg_job(call_id: uuid.UUID, project_id: uuid.UUID) -> dict[str, Any]:
+    return job_row(
+        kind=END_LEG_JOB,
+        payload={"call_id": str(call_id)},
+        project_id=project_id,
+        max_attempts=END_LEG_ATTEMPTS,
+    )
+
+
+def ends_batch_call(batch_id: uuid.UUID | None, changed: bool, status: str) -> bool:
+    """Whether a status change gives a batch call its final status (no query: the hot path)."""
+    return changed and batch_id is not None and status in states.FINAL
+
+
+def leaves_human_waiting(
+    status: str, transfer_sid: str | None, transfer_status: str | None
+) -> bool:
+    """Whether a call in `status` has left a warm transfer's human leg behind: the callee's
+    call is over while the human's is not (ringing, or hearing the briefing)."""
+    return (
+        status in states.FINAL
+        and transfer_sid is not None
+        and (transfer_status or "queued") not in states.FINAL
+    )
+
+
+def jobs_after_status(
+    *,
+    call_id: uuid.UUID,
+    project_id: uuid.UUID,
+    batch_id: uuid.UUID | None,
+    status: str,
+    transfer_sid: str | None,
+    transfer_status: str | None,
+    changed: bool,
+    completed: bool,
+) -> list[dict[str, Any]]:
+    """The jobs one applied status callback queues, in its transaction (`status` is the
+    call's status after it; `completed`: Twilio said completed, the price is to be fetched)."""
+    jobs: list[dict[str, Any]] = []
+    if completed:
+        # Twilio prices a call after it ends, sometimes minutes later.
+        jobs.append(price_job(call_id, project_id))
+    if ends_batch_call(batch_id, changed, status):
+        jobs.append(outcome_job(call_id, project_id, status))
+    if changed and leaves_human_waiting(status, transfer_sid, transfer_status):
+        jobs.append(end_leg_job(call_id, project_id))
+    return jobs
