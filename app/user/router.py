@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.auth.schemas import UserOut
 from app.deps import BearerUser, CurrentCaller, CurrentUser, SessionDep
 from app.project.schemas import ProjectOut
 from app.schemas import error_responses
@@ -13,7 +14,6 @@ from app.user.schemas import (
     ApiKeyOut,
     SetActiveProjectIn,
     SetActiveProjectOut,
-    UserOut,
 )
 
 router = APIRouter(prefix="/user", tags=["user"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.credentials import ActiveProject, Caller
+from app.credentials import ActiveProject, Caller
 from app.db import utcnow
 from app.errors import NotFound
 from app.models import Project, User
