@@ -3,10 +3,11 @@
 
 Routers resolve ownership and hand services the loaded objects; services never look it up.
 An id in the path is resolved by a dependency (OwnedProject, LockedBatch). An id in a JSON
-body is resolved by one call at the top of the handler (owned_project, owned_agent): a
-dependency reading the body would have to declare it as a second body parameter, which
-changes the OpenAPI document, or run before FastAPI validates it, which would answer a
-malformed body with a 404 instead of its 400.
+body or a form, or one whose check must wait for another (GET /call/batch-call/{batchId}
+checks pageToken first), is resolved by one call at the top of the handler (owned_project,
+owned_agent, owned_batch): a dependency reading the body would have to declare it as a second
+body parameter, which changes the OpenAPI document, or run before FastAPI validates it, which
+would answer a malformed body with a 404 instead of its 400.
 
 The lookups query the models directly (one indexed SELECT each), so that this module, like
 app/deps.py, imports no domain package.
