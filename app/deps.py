@@ -9,8 +9,8 @@ import jwt
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.credentials import Caller, caller_by_api_key_hash, caller_by_id
 from app.context import AppContext
+from app.credentials import Caller, caller_by_api_key_hash, caller_by_id
 from app.db import PointReader, point_reader, session_scope
 from app.errors import Unauthorized
 from app.models import User

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from app.models import Agent, PhoneNumber, Project
 from tests.factories import api_key_for, assert_error, assert_validation_error, verified_account
@@ -190,6 +190,38 @@ async def test_agent_in_another_project_is_404(client, key, project):
     other = r.json()["data"]["id"]
     r = await client.post("/agent", json={"projectId": other, "agentId": agent["id"]}, headers=key)
     assert_error(r, 404, "AGENT_NOT_FOUND")
+
+
+@pytest.mark.parametrize("agent_id", ["not-a-uuid", str(uuid.uuid4())])
+async def test_an_unknown_project_is_404_whatever_the_agent_id(client, key, project, agent_id):
+    agent = await create_agent(client, key, project)
+    for pid, code in ((str(uuid.uuid4()), "PROJECT_NOT_FOUND"), (project, "AGENT_NOT_FOUND")):
+        r = await client.post("/agent", json={"projectId": pid, "agentId": agent_id}, headers=key)
+        assert_error(r, 404, code)
+    r = await client.post(
+        "/agent", json={"projectId": "not-a-uuid", "agentId": agent["id"]}, headers=key
+    )
+    assert_error(r, 404, "PROJECT_NOT_FOUND")
+
+
+async def test_reading_an_agent_checks_its_project_in_the_same_query(client, key, project, app):
+    agent = await create_agent(client, key, project)
+    statements: list[str] = []
+    engine = app.state.ctx.engine.sync_engine
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        r = await client.post(
+            "/agent", json={"projectId": project, "agentId": agent["id"]}, headers=key
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert r.status_code == 200, r.text
+    # The project and its agent in one query (the agent's number is another).
+    assert len([s for s in statements if "FROM projects" in s or "FROM agents" in s]) == 1
 
 
 async def test_update_agent(client, key, project, app):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, inspect, select, update
 
-from app.auth.credentials import caller_by_api_key_hash, caller_by_id
+from app.credentials import caller_by_api_key_hash, caller_by_id
 from app.db import SQLITE_BUSY_TIMEOUT_MS, InlineSQLiteReader, point_reader
 from app.models import Project, User
 from app.security import sha256_hex

@@ -14,8 +14,8 @@ from app.agent.schemas import (
     UpdatedAgentOut,
 )
 from app.deps import CtxDep, CurrentUser, SessionDep
+from app.ownership import OwnedProject, owned_agent, owned_project
 from app.phone_number.service import number_of_agent
-from app.project.service import get_owned_agent, get_owned_project
 from app.schemas import MessageOut, error_responses
 
 router = APIRouter(prefix="/agent", tags=["agent"])
@@ -28,7 +28,7 @@ async def create_agent(
     body: CreateAgentIn, user: CurrentUser, ctx: CtxDep, session: SessionDep
 ) -> AgentDataOut:
     """Create an agent; with phoneNumber, assign that Twilio number to it as add-number does."""
-    project = await get_owned_project(session, user=user, project_id=body.projectId)
+    project = await owned_project(session, user=user, project_id=body.projectId)
     agent, number = await service.create_agent(
         ctx,
         session,
@@ -45,8 +45,9 @@ async def create_agent(
 @router.post("", response_model=AgentOut, responses=error_responses(401, 404))
 async def get_agent(body: AgentRefIn, user: CurrentUser, session: SessionDep) -> AgentOut:
     """One agent of one of your projects (the bare agent object)."""
-    project = await get_owned_project(session, user=user, project_id=body.projectId)
-    agent = await get_owned_agent(session, project=project, agent_id=body.agentId)
+    _, agent = await owned_agent(
+        session, user=user, project_id=body.projectId, agent_id=body.agentId
+    )
     return AgentOut.of(agent, await number_of_agent(session, agent.id))
 
 
@@ -55,8 +56,9 @@ async def update_agent(
     body: UpdateAgentIn, user: CurrentUser, ctx: CtxDep, session: SessionDep
 ) -> UpdatedAgentOut:
     """Change any of the agent's writable fields (at least one); returns the bare agent."""
-    project = await get_owned_project(session, user=user, project_id=body.projectId)
-    agent = await get_owned_agent(session, project=project, agent_id=body.agentId)
+    project, agent = await owned_agent(
+        session, user=user, project_id=body.projectId, agent_id=body.agentId
+    )
     changes = body.changes()
     phone = changes.pop("phoneNumber", None)
     await service.update_agent(
@@ -72,14 +74,14 @@ async def delete_agent(
     body: AgentRefIn, user: CurrentUser, ctx: CtxDep, session: SessionDep
 ) -> MessageOut:
     """Delete an agent: its number is released and it stops being the active agent."""
-    project = await get_owned_project(session, user=user, project_id=body.projectId)
-    agent = await get_owned_agent(session, project=project, agent_id=body.agentId)
+    project, agent = await owned_agent(
+        session, user=user, project_id=body.projectId, agent_id=body.agentId
+    )
     await service.delete_agent(ctx, session, project=project, agent=agent)
     return MessageOut(message="Agent Deleted")
 
 
 @router.get("/{project_id}", response_model=list[AgentOut], responses=error_responses(401, 404))
-async def list_agents(project_id: str, user: CurrentUser, session: SessionDep) -> list[AgentOut]:
+async def list_agents(project: OwnedProject, session: SessionDep) -> list[AgentOut]:
     """Every agent of the project (a bare array; [] when there are none)."""
-    project = await get_owned_project(session, user=user, project_id=project_id)
     return [AgentOut.of(a, n) for a, n in await service.list_agents(session, project=project)]

@@ -19,6 +19,7 @@ from app.auth.schemas import (
     ResetPasswordIn,
     SignupIn,
     SignupOut,
+    UserOut,
     VerifyEmailIn,
     VerifyEmailOut,
 )
@@ -27,7 +28,6 @@ from app.deps import ClientAddress, CtxDep, CurrentUser, SessionDep
 from app.integrations.smtp import Mail
 from app.schemas import MessageOut, error_responses
 from app.timefmt import iso_ms
-from app.user.schemas import UserOut
 
 log = logging.getLogger("talkstack.auth")
 

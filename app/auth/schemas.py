@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
+from app.models import User
 from app.schemas import Strict
-from app.user.schemas import USER_EXAMPLE, UserOut
+from app.timefmt import iso_ms
 
 
 def _lower(v: str) -> str:
@@ -20,6 +21,46 @@ Password = Annotated[str, Field(min_length=8, max_length=128)]
 AnyPassword = Annotated[str, Field(min_length=1, max_length=128)]
 Code = Annotated[str, Field(pattern=r"^\d{6}$", description="the 6-digit code from the email")]
 OpaqueToken = Annotated[str, Field(min_length=1, max_length=512)]
+
+# The user object: signup and login answer with it, and so does /user/set-active-project
+# (app/user imports it from here; auth imports nothing of user).
+USER_EXAMPLE: dict[str, Any] = {
+    "id": "3189fbff-f9fa-4920-b95c-63387b1204a4",
+    "name": "John",
+    "email": "example@host.com",
+    "verified": True,
+    "active_project": None,
+    "company_name": None,
+    "created_at": "2025-03-10T05:20:39.831Z",
+    "updated_at": "2025-03-10T05:20:39.831Z",
+}
+
+
+class UserOut(BaseModel):
+    id: str
+    name: str
+    email: str
+    verified: bool
+    active_project: str | None
+    company_name: str | None
+    created_at: str
+    updated_at: str
+
+    model_config = ConfigDict(json_schema_extra={"example": USER_EXAMPLE})
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        return cls(
+            id=str(user.id),
+            name=user.name,
+            email=user.email,
+            verified=user.verified,
+            active_project=str(user.active_project_id) if user.active_project_id else None,
+            company_name=user.company_name,
+            created_at=iso_ms(user.created_at) or "",
+            updated_at=iso_ms(user.updated_at) or "",
+        )
+
 
 _TOKENS_EXAMPLE = {
     "token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIzMTg5ZmJmZiJ9.c2lnbmF0dXJl",

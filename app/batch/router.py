@@ -31,6 +31,7 @@ from app.batch.schemas import (
 from app.deps import CtxDep, CurrentUser, SessionDep
 from app.errors import AppError, BadRequest
 from app.models import Batch
+from app.ownership import LockedBatch, owned_agent, owned_batch
 from app.schemas import error_responses
 
 router = APIRouter(prefix="/call/batch-call", tags=["batch"])
@@ -142,12 +143,15 @@ async def batch_call(
                 errors=[{"field": field, "message": "must be a JSON text field, not a file"}],
             )
         campaign = parse_campaign(window, retry)
+        project, agent = await owned_agent(
+            session, user=user, project_id=project_id.strip(), agent_id=agent_id.strip()
+        )
         batch, rejected = await service.create_batch(
             ctx,
             session,
             user=user,
-            project_id=project_id.strip(),
-            agent_id=agent_id.strip(),
+            project=project,
+            agent=agent,
             rows=_in_thread(upload.file, upload.filename or ""),
             filename=upload.filename or "",
             campaign=campaign,
@@ -212,7 +216,7 @@ async def get_batch(
         if not pageToken.isdigit():
             raise BadRequest("pageToken is not valid.", code="INVALID_PAGE_TOKEN")
         after = int(pageToken)
-    batch = await service.get_owned_batch(session, user=user, batch_id=batchId)
+    batch = await owned_batch(session, user=user, batch_id=batchId)
     rows, last = await service.rows_page(session, batch.id, after=after, size=pageSize)
     return BatchProgressOut(
         message="successfully fetched batch.",
@@ -225,27 +229,27 @@ async def get_batch(
 @router.post(
     "/{batchId}/cancel", response_model=BatchCanceledOut, responses=error_responses(401, 404, 409)
 )
-async def cancel_batch(batchId: str, user: CurrentUser, session: SessionDep) -> BatchCanceledOut:
+async def cancel_batch(batch: LockedBatch, session: SessionDep) -> BatchCanceledOut:
     """Stop the batch: rows not yet dialed are canceled; calls already placed go on."""
-    batch = await service.cancel(session, user=user, batch_id=batchId)
+    batch = await service.cancel(session, batch=batch)
     return BatchCanceledOut(message="batch canceled.", batch=await _batch_out(session, batch))
 
 
 @router.post(
     "/{batchId}/pause", response_model=BatchControlOut, responses=error_responses(401, 404, 409)
 )
-async def pause_batch(batchId: str, user: CurrentUser, session: SessionDep) -> BatchControlOut:
+async def pause_batch(batch: LockedBatch, session: SessionDep) -> BatchControlOut:
     """Stop dialing new rows until resumed; calls already placed go on."""
-    batch = await service.pause(session, user=user, batch_id=batchId)
+    batch = await service.pause(session, batch=batch)
     return BatchControlOut(message="batch paused.", batch=await _batch_out(session, batch))
 
 
 @router.post(
     "/{batchId}/resume", response_model=BatchControlOut, responses=error_responses(401, 404, 409)
 )
-async def resume_batch(batchId: str, user: CurrentUser, session: SessionDep) -> BatchControlOut:
+async def resume_batch(batch: LockedBatch, session: SessionDep) -> BatchControlOut:
     """Dial a paused batch's remaining rows again (within its call window)."""
-    batch = await service.resume(session, user=user, batch_id=batchId)
+    batch = await service.resume(session, batch=batch)
     return BatchControlOut(message="batch resumed.", batch=await _batch_out(session, batch))
 
 

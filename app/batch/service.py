@@ -21,12 +21,11 @@ from app.batch.parse import MAX_ROWS, FileRejected
 from app.call.render import missing_variables
 from app.context import AppContext
 from app.db import utcnow
-from app.errors import AppError, BadRequest, Conflict, NotFound
+from app.errors import AppError, BadRequest, Conflict
 from app.hubspot import service as hubspot_service
-from app.models import Agent, Batch, BatchRow, HubSpotConnection, User
+from app.models import Agent, Batch, BatchRow, HubSpotConnection, Project, User
 from app.phone import to_e164
 from app.phone_number.service import number_of_agent
-from app.project.service import get_owned_agent, get_owned_project, parse_id
 
 INSERT_CHUNK = 1000
 # The POST answer lists at most this many rejected rows; GET /call/batch-call/{id} has all.
@@ -128,16 +127,14 @@ async def create_batch(
     session: AsyncSession,
     *,
     user: User,
-    project_id: str,
-    agent_id: str,
+    project: Project,
+    agent: Agent,
     rows: RowSource,
     filename: str,
     campaign: Campaign | None = None,
 ) -> tuple[Batch, list[dict[str, Any]]]:
     """Validate every row, store the batch and its rows in one transaction, queue the dialer."""
     campaign = campaign or Campaign(window=None, retry={})
-    project = await get_owned_project(session, user=user, project_id=project_id)
-    agent = await get_owned_agent(session, project=project, agent_id=agent_id)
     if await number_of_agent(session, agent.id) is None:
         raise BadRequest(
             "The agent has no phone number to call from; assign one with /phone-number/add-number.",
@@ -203,21 +200,6 @@ async def hubspot_connected(session: AsyncSession, project_id: uuid.UUID) -> boo
     return found is not None
 
 
-async def get_owned_batch(
-    session: AsyncSession, *, user: User, batch_id: str, lock: bool = False
-) -> Batch:
-    not_found = NotFound("Batch not found.", code="BATCH_NOT_FOUND")
-    query = select(Batch).where(Batch.id == parse_id(batch_id, "batch"), Batch.user_id == user.id)
-    if lock:
-        query = query.with_for_update()
-    batch = (await session.execute(query)).scalar_one_or_none()
-    if batch is None:
-        raise not_found
-    # A batch of a deleted project goes with it.
-    await get_owned_project(session, user=user, project_id=batch.project_id)
-    return batch
-
-
 async def counts(session: AsyncSession, batch_id: uuid.UUID) -> dict[str, int]:
     rows = await session.execute(
         select(BatchRow.state, func.count())
@@ -261,9 +243,9 @@ async def rows_page(
     return found, (found[-1].row if more and found else None)
 
 
-async def cancel(session: AsyncSession, *, user: User, batch_id: str) -> Batch:
-    """Stop a batch: rows not yet dialed are canceled; calls already placed go on."""
-    batch = await get_owned_batch(session, user=user, batch_id=batch_id, lock=True)
+async def cancel(session: AsyncSession, *, batch: Batch) -> Batch:
+    """Stop a batch (its row locked by the router): rows not yet dialed are canceled; calls
+    already placed go on."""
     if batch.status == "completed":
         raise Conflict("The batch has already finished.", code="BATCH_FINISHED")
     if batch.status in lifecycle.OPEN:
@@ -277,19 +259,17 @@ async def cancel(session: AsyncSession, *, user: User, batch_id: str) -> Batch:
     return batch
 
 
-async def pause(session: AsyncSession, *, user: User, batch_id: str) -> Batch:
+async def pause(session: AsyncSession, *, batch: Batch) -> Batch:
     """Stop claiming rows; calls already placed go on (and their outcomes are still decided).
     Pausing a paused batch is harmless."""
-    batch = await get_owned_batch(session, user=user, batch_id=batch_id, lock=True)
     _still_open(batch)
     batch.status = "paused"
     return batch
 
 
-async def resume(session: AsyncSession, *, user: User, batch_id: str) -> Batch:
+async def resume(session: AsyncSession, *, batch: Batch) -> Batch:
     """Dial a paused batch's rows again (within its call window). Resuming a running batch is
     harmless."""
-    batch = await get_owned_batch(session, user=user, batch_id=batch_id, lock=True)
     _still_open(batch)
     if batch.status == "paused":
         batch.status = "running"

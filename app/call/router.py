@@ -22,8 +22,8 @@ from app.call.schemas import (
 )
 from app.deps import CtxDep, CurrentUser, SessionDep
 from app.errors import AppError
+from app.ownership import owned_agent, owned_project
 from app.pagination import PageTokens
-from app.project.service import get_owned_project
 from app.schemas import error_responses
 
 router = APIRouter(prefix="/call", tags=["call"])
@@ -49,12 +49,15 @@ async def make_call(
     ] = None,
 ) -> Any:
     """Call `number` with the agent; its prompt is rendered with dynamicVariables."""
+    project, agent = await owned_agent(
+        session, user=user, project_id=body.projectId, agent_id=body.agentId
+    )
     prepared = await service.prepare_call(
         ctx,
         session,
         user=user,
-        project_id=body.projectId,
-        agent_id=body.agentId,
+        project=project,
+        agent=agent,
         number=body.number,
         variables=body.variables(),
         hubspot_contact_id=body.hubspotContactId,
@@ -97,7 +100,10 @@ async def make_call(
 @router.post("", response_model=CallOut, responses=error_responses(401, 404))
 async def get_call(body: GetCallIn, user: CurrentUser, session: SessionDep) -> CallOut:
     """One call by its SID (`sid` or `callSid`): the bare call object."""
-    call = await service.get_call(session, user=user, sid=body.sid, project_id=body.projectId)
+    project = None
+    if body.projectId is not None:
+        project = await owned_project(session, user=user, project_id=body.projectId)
+    call = await service.get_call(session, user=user, sid=body.sid, project=project)
     return CallOut.of(call)
 
 
@@ -118,7 +124,7 @@ async def get_call_history(
     endTimeAfter: Annotated[str | None, Query(max_length=10)] = None,
 ) -> HistoryOut:
     """The project's calls, newest first, pageSize at a time; pass nextPageToken for more."""
-    project = await get_owned_project(session, user=user, project_id=body.projectId)
+    project = await owned_project(session, user=user, project_id=body.projectId)
     filters = history.parse_filters(
         {
             "to": to, "from": from_, "status": status, "startTime": startTime,
@@ -150,7 +156,10 @@ async def call_analysis(
     Boolean answers are "Yes"/"No", Number a number, Selector one of its options. Asking the
     same questions again returns the stored answer.
     """
-    call = await service.get_call(session, user=user, sid=body.sid, project_id=body.projectId)
+    project = None
+    if body.projectId is not None:
+        project = await owned_project(session, user=user, project_id=body.projectId)
+    call = await service.get_call(session, user=user, sid=body.sid, project=project)
     questions = [q.model_dump() for q in body.questions] if body.questions else None
     result = await analysis_on_demand(ctx, call, questions)
     return AnalysisOut.model_validate({"message": "successfully analysed the call.",

@@ -20,7 +20,6 @@ from app.integrations.twilio.errors import TwilioRejected
 from app.models import Agent, Call, Project, User
 from app.phone import to_e164
 from app.phone_number.service import number_of_agent
-from app.project.service import get_owned_agent, get_owned_project
 
 log = logging.getLogger("talkstack.call")
 
@@ -43,8 +42,8 @@ async def prepare_call(
     session: AsyncSession,
     *,
     user: User,
-    project_id: str,
-    agent_id: str,
+    project: Project,
+    agent: Agent,
     number: str | None,
     variables: dict[str, str],
     hubspot_contact_id: str | None = None,
@@ -54,8 +53,6 @@ async def prepare_call(
     With `hubspot_contact_id` instead of `number`, the number and `hubspot.*` variables come
     from that contact of the project's HubSpot (`variables` win over them).
     """
-    project = await get_owned_project(session, user=user, project_id=project_id)
-    agent = await get_owned_agent(session, project=project, agent_id=agent_id)
     to = to_e164(number, field="number") if number is not None else None
     from_ = await number_of_agent(session, agent.id)
     if from_ is None:
@@ -184,15 +181,15 @@ async def record_refusal(session: AsyncSession, call: Call, exc: AppError) -> No
     await call_changed(session, call)
 
 
-async def get_call(session: AsyncSession, *, user: User, sid: str, project_id: str | None) -> Call:
+async def get_call(session: AsyncSession, *, user: User, sid: str, project: Project | None) -> Call:
+    """The caller's call by SID, of a live project of theirs (of `project`, when given)."""
     not_found = NotFound("Call not found.", code="CALL_NOT_FOUND")
     query = (
         select(Call)
         .join(Project, Project.id == Call.project_id)
         .where(Call.call_sid == sid, Call.user_id == user.id, Project.is_deleted.is_(False))
     )
-    if project_id is not None:
-        project = await get_owned_project(session, user=user, project_id=project_id)
+    if project is not None:
         query = query.where(Call.project_id == project.id)
     call = (await session.execute(query)).scalar_one_or_none()
     if call is None:

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.context import AppContext
 from app.db import utcnow
 from app.errors import BadRequest, Conflict, NotFound
+from app.ids import parse_id
 from app.models import Agent, PhoneNumber, Project, User
 from app.phone import to_e164
 from app.phone_number.release import (
@@ -19,7 +20,6 @@ from app.phone_number.release import (
     release_numbers,
     unpoint_quietly,
 )
-from app.project.service import get_owned_project, parse_id
 
 _TAKEN = "This number is already assigned to an agent outside this project."
 
@@ -103,17 +103,17 @@ async def lookup(
     user: User,
     phone_number_id: str | None,
     agent_id: str | None,
-    project_id: str | None,
+    project: Project | None,
 ) -> tuple[PhoneNumber, list[PhoneNumber] | None]:
-    """By number id, else agent id, else project id (Talkstack's precedence)."""
+    """By number id, else agent id, else project (Talkstack's precedence; the router loads the
+    project only when neither id is given)."""
     none = NotFound("Phone number not found.", code="PHONE_NUMBER_NOT_FOUND")
     mine = select(PhoneNumber).where(PhoneNumber.user_id == user.id)
     if phone_number_id:
         query = mine.where(PhoneNumber.id == parse_id(phone_number_id, "Phone number"))
     elif agent_id:
         query = mine.where(PhoneNumber.agent_id == parse_id(agent_id, "Agent"))
-    elif project_id:
-        project = await get_owned_project(session, user=user, project_id=project_id)
+    elif project is not None:
         numbers = list(
             (
                 await session.execute(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Query
 
 from app.deps import CtxDep, CurrentUser, SessionDep
 from app.integrations.webhooks.sender import MAX_ATTEMPTS, CallEvent
-from app.models import Project
+from app.ownership import OwnedProject, owned_agent, owned_project
 from app.pagination import PageTokens
 from app.project import deliveries, service
 from app.project.schemas import (
@@ -36,15 +36,6 @@ from app.schemas import MessageOut, error_responses
 from app.timefmt import iso_ms
 
 router = APIRouter(prefix="/project", tags=["project"])
-
-
-async def owned_project_from_path(
-    project_id: str, user: CurrentUser, session: SessionDep
-) -> Project:
-    return await service.get_owned_project(session, user=user, project_id=project_id)
-
-
-PathProject = Annotated[Project, Depends(owned_project_from_path)]
 
 
 @router.post("/create-project", response_model=ProjectDataOut, responses=error_responses(401, 409))
@@ -74,7 +65,7 @@ async def add_webhook_url(
     body: AddWebhookIn, user: CurrentUser, ctx: CtxDep, session: SessionDep
 ) -> WebhookOut:
     """Set the URL that receives signed call events; the first time, returns webhookSecret."""
-    project = await service.get_owned_project(session, user=user, project_id=body.projectId)
+    project = await owned_project(session, user=user, project_id=body.projectId)
     secret = await service.set_webhook(ctx, project, body.webhookURL)
     await session.flush()
     return WebhookOut(message="added webhook url.", webhookSecret=secret)
@@ -85,7 +76,7 @@ async def get_active_agent(
     body: ProjectIdIn, user: CurrentUser, session: SessionDep
 ) -> ActiveAgentOut:
     """The project's active (default) agent id; 404 when none is set."""
-    project = await service.get_owned_project(session, user=user, project_id=body.projectId)
+    project = await owned_project(session, user=user, project_id=body.projectId)
     agent_id = await service.get_active_agent(project)
     return ActiveAgentOut(message="fetched active agent.", active_agent=str(agent_id))
 
@@ -97,8 +88,10 @@ async def set_active_agent(
     body: SetActiveAgentIn, user: CurrentUser, session: SessionDep
 ) -> SetActiveAgentOut:
     """Make one of the project's agents its active agent."""
-    project = await service.get_owned_project(session, user=user, project_id=body.projectId)
-    project = await service.set_active_agent(session, project=project, agent_id=body.active_agent)
+    project, agent = await owned_agent(
+        session, user=user, project_id=body.projectId, agent_id=body.active_agent
+    )
+    project = await service.set_active_agent(session, project=project, agent=agent)
     return SetActiveAgentOut(
         message="updated active agent successfully.", project=ProjectOut.of(project)
     )
@@ -114,7 +107,7 @@ async def remove_active_agent(agent_id: str, user: CurrentUser, session: Session
 
 
 @router.get("/{project_id}", response_model=ProjectDataOut, responses=error_responses(401, 404))
-async def get_project(project: PathProject) -> ProjectDataOut:
+async def get_project(project: OwnedProject) -> ProjectDataOut:
     """One of your projects."""
     return ProjectDataOut(message="successfully fetched project data.", data=ProjectOut.of(project))
 
@@ -123,7 +116,11 @@ async def get_project(project: PathProject) -> ProjectDataOut:
     "/{project_id}", response_model=ProjectUpdateOut, responses=error_responses(401, 404, 409)
 )
 async def update_project(
-    body: UpdateProjectIn, project: PathProject, user: CurrentUser, ctx: CtxDep, session: SessionDep
+    body: UpdateProjectIn,
+    project: OwnedProject,
+    user: CurrentUser,
+    ctx: CtxDep,
+    session: SessionDep,
 ) -> ProjectUpdateOut:
     """Change name, description or webhookUrl (alias webhookURL); at least one."""
     secret = await service.update_project(
@@ -146,7 +143,7 @@ async def update_project(
     "/{project_id}", response_model=MessageOut, responses=error_responses(401, 404, 409, 502)
 )
 async def delete_project(
-    project: PathProject,
+    project: OwnedProject,
     user: CurrentUser,
     ctx: CtxDep,
     session: SessionDep,
@@ -165,7 +162,7 @@ async def delete_project(
     responses=error_responses(401, 404),
 )
 async def list_webhook_deliveries(
-    project: PathProject,
+    project: OwnedProject,
     ctx: CtxDep,
     session: SessionDep,
     pageSize: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -195,7 +192,7 @@ async def list_webhook_deliveries(
     responses=error_responses(401, 404, 409),
 )
 async def redeliver_webhook(
-    project: PathProject, delivery_id: uuid.UUID, session: SessionDep
+    project: OwnedProject, delivery_id: uuid.UUID, session: SessionDep
 ) -> DeliveryDataOut:
     """Send a delivery's event again: same id and body, freshly signed, five new tries."""
     delivery = await deliveries.redeliver(session, project=project, delivery_id=delivery_id)
@@ -210,7 +207,7 @@ async def redeliver_webhook(
     response_model=RotatedSecretOut,
     responses=error_responses(401, 404, 409),
 )
-async def rotate_webhook_secret(project: PathProject, session: SessionDep) -> RotatedSecretOut:
+async def rotate_webhook_secret(project: OwnedProject, session: SessionDep) -> RotatedSecretOut:
     """A new webhook secret, shown once; the old one also signs for 24 hours."""
     secret, expires = await deliveries.rotate_webhook_secret(session, project=project)
     return RotatedSecretOut(

@@ -1,4 +1,7 @@
-"""Projects, and the ownership lookups every domain shares (checked here and nowhere else)."""
+"""Projects: create, list, update and delete them; their webhook and their active agent.
+
+The caller's project arrives loaded: ownership is resolved by the router (app/ownership.py).
+"""
 
 from __future__ import annotations
 
@@ -12,36 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.context import AppContext
 from app.db import utcnow
 from app.errors import BadRequest, Conflict, NotFound
+from app.ids import parse_id
 from app.integrations.webhooks.url import validate_webhook_url
 from app.models import Agent, PhoneNumber, Project, User
 from app.phone_number.release import clear_voice_urls, release_numbers
-
-
-def parse_id(raw: str | uuid.UUID, what: str) -> uuid.UUID:
-    """An id that is not a UUID names nothing: the same 404 as a missing object."""
-    if isinstance(raw, uuid.UUID):
-        return raw
-    try:
-        return uuid.UUID(raw)
-    except (ValueError, AttributeError, TypeError) as exc:
-        raise NotFound(f"{what} not found.", code=f"{what.upper()}_NOT_FOUND") from exc
-
-
-async def get_owned_project(
-    session: AsyncSession, *, user: User, project_id: str | uuid.UUID
-) -> Project:
-    """The caller's live project; another user's project is indistinguishable from none."""
-    pid = parse_id(project_id, "Project")
-    project = (
-        await session.execute(
-            select(Project).where(
-                Project.id == pid, Project.user_id == user.id, Project.is_deleted.is_(False)
-            )
-        )
-    ).scalar_one_or_none()
-    if project is None:
-        raise NotFound("Project not found.", code="PROJECT_NOT_FOUND")
-    return project
 
 
 def _name_taken(name: str) -> Conflict:
@@ -184,31 +161,13 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-async def get_owned_agent(
-    session: AsyncSession, *, project: Project, agent_id: str | uuid.UUID
-) -> Agent:
-    """A live agent of this (already authorised) project, or 404."""
-    aid = parse_id(agent_id, "Agent")
-    agent = (
-        await session.execute(
-            select(Agent).where(
-                Agent.id == aid, Agent.project_id == project.id, Agent.is_deleted.is_(False)
-            )
-        )
-    ).scalar_one_or_none()
-    if agent is None:
-        raise NotFound("Agent not found.", code="AGENT_NOT_FOUND")
-    return agent
-
-
 async def get_active_agent(project: Project) -> uuid.UUID:
     if project.active_agent_id is None:
         raise NotFound("The project has no active agent.", code="NO_ACTIVE_AGENT")
     return project.active_agent_id
 
 
-async def set_active_agent(session: AsyncSession, *, project: Project, agent_id: str) -> Project:
-    agent = await get_owned_agent(session, project=project, agent_id=agent_id)
+async def set_active_agent(session: AsyncSession, *, project: Project, agent: Agent) -> Project:
     project.active_agent_id = agent.id
     project.updated_at = utcnow()
     await session.flush()

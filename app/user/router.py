@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.auth.schemas import UserOut
 from app.deps import BearerUser, CurrentCaller, CurrentUser, SessionDep
+from app.ownership import owned_project
 from app.project.schemas import ProjectOut
 from app.schemas import error_responses
 from app.user import service
@@ -13,7 +15,6 @@ from app.user.schemas import (
     ApiKeyOut,
     SetActiveProjectIn,
     SetActiveProjectOut,
-    UserOut,
 )
 
 router = APIRouter(prefix="/user", tags=["user"])
@@ -33,7 +34,8 @@ async def set_active_project(
     body: SetActiveProjectIn, user: CurrentUser, session: SessionDep
 ) -> SetActiveProjectOut:
     """Make one of your projects the active one."""
-    project = await service.set_active_project(session, user=user, project_id=body.projectId)
+    project = await owned_project(session, user=user, project_id=body.projectId)
+    await service.set_active_project(session, user=user, project=project)
     return SetActiveProjectOut(
         message=f"successfully set project with id {project.id} active.",
         userData=UserOut.of(user),

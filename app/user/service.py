@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.auth.credentials import ActiveProject, Caller
+from app.credentials import ActiveProject, Caller
 from app.db import utcnow
 from app.errors import NotFound
 from app.models import Project, User
-from app.project.service import get_owned_project
 from app.security import new_api_key, sha256_hex
 
 
@@ -21,12 +20,10 @@ async def generate_api_key(session: AsyncSession, *, user: User) -> str:
     return key
 
 
-async def set_active_project(session: AsyncSession, *, user: User, project_id: str) -> Project:
-    project = await get_owned_project(session, user=user, project_id=project_id)
+async def set_active_project(session: AsyncSession, *, user: User, project: Project) -> None:
     user.active_project_id = project.id
     user.updated_at = utcnow()
     await session.flush()
-    return project
 
 
 def get_active_project(caller: Caller) -> ActiveProject:

@@ -1,151 +1,30 @@
-"""Engine, declarative base and the request-scoped session that owns the transaction."""
+"""The fast path for point reads: the one-row, read-only Core SELECT that every authenticated
+request makes to find its caller (app/credentials.py), run outside the ORM session and its
+transaction.
+
+Why it is worth a module of its own: bench/auth_bench.py, as docs/benchmarks.md ("The cost of
+authentication") reports, served 571 and 487 req/s (5% and 4% of the constant-JSON ceiling)
+while the lookup went through the ORM session, ~3,100 (28%) once it was one Core query, and
+52-55% of the ceiling with the rest of that page's work, this reader included; in-process, the
+indexed SQLite lookup is ~9 µs of current_user's ~18 µs. On a SQLite file the read runs right
+on the event loop's thread (InlineSQLiteReader); elsewhere through a pooled autocommit
+connection (PooledReader).
+"""
 
 from __future__ import annotations
 
 import functools
 import sqlite3
-import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import anyio
-from sqlalchemy import DateTime, MetaData, Select, Uuid, event
+from sqlalchemy import Select, Uuid, event
 from sqlalchemy.engine import Dialect, Engine
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.pool import ConnectionPoolEntry
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.errors import AppError
-
-NAMING_CONVENTION = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC on every backend (SQLite hands back naive datetimes)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class TimestampMixin:
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, nullable=False)
-    updated_at: Mapped[datetime] = mapped_column(
-        UTCDateTime(), default=utcnow, onupdate=utcnow, nullable=False
-    )
-
-
-def new_id() -> uuid.UUID:
-    return uuid.uuid4()
-
-
-SQLITE_BUSY_TIMEOUT_MS = 5000
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _: ConnectionPoolEntry) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA foreign_keys=ON")
-    # WAL lets readers proceed while one writer commits; busy_timeout waits instead of failing.
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cur.close()
-
-
-def _sqlite_lock_for_update(
-    conn: Any, cursor: Any, statement: str, params: Any, context: Any, executemany: bool
-) -> None:
-    """SELECT ... FOR UPDATE on SQLite: take the database's write lock first.
-
-    SQLite has no row locks and drops FOR UPDATE, and the driver runs a SELECT outside any
-    transaction, so a read-modify-write (two Twilio callbacks for one call) could lose an
-    update. BEGIN IMMEDIATE makes such transactions take turns, as row locks would on
-    PostgreSQL; plain reads are untouched.
-    """
-    compiled = getattr(context, "compiled", None)
-    stmt = getattr(compiled, "statement", None)
-    if getattr(stmt, "_for_update_arg", None) is None:
-        return
-    if not conn.connection.driver_connection.in_transaction:
-        cursor.execute("BEGIN IMMEDIATE")
-
-
-def make_engine(async_url: str, **kwargs: Any) -> AsyncEngine:
-    if async_url.startswith("sqlite"):
-        # No rollback when a connection returns to the pool: session_scope always ends the
-        # transaction itself (commit, or rollback on any error, cancellation included), and on
-        # SQLite each such round trip through aiosqlite's thread costs ~20% of a light request.
-        kwargs.setdefault("pool_reset_on_return", None)
-        engine = create_async_engine(async_url, **kwargs)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        event.listen(engine.sync_engine, "before_cursor_execute", _sqlite_lock_for_update)
-        return engine
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 20)
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_async_engine(async_url, **kwargs)
-
-
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
-
-
-@asynccontextmanager
-async def session_scope(maker: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """One transaction per request: commit when the handler returns, roll back on any error."""
-    async with maker() as session:
-        try:
-            yield session
-        except AppError as exc:
-            # Some refusals must still be recorded (a wrong verification code counts as a try,
-            # a reused refresh token revokes its family); they say so with persist=True.
-            if exc.persist:
-                await session.commit()
-            else:
-                await session.rollback()
-            raise
-        except BaseException:
-            await session.rollback()
-            raise
-        else:
-            await session.commit()
-
-
-# --- point reads ------------------------------------------------------------------------------
+from app.db.engine import SQLITE_BUSY_TIMEOUT_MS
 
 
 class PointReader(Protocol):
