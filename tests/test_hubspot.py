@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from app.call.status import CallStatus
 from app.hubspot import jobs as hubspot_jobs
-from app.hubspot.sync import CallFacts, body, engagement
+from app.hubspot.sync import HUBSPOT_STATUS, CallFacts, body, engagement
 from app.jobs.worker import JobWorker, PermanentFailure, RetryLater
 from app.models import Call, HubSpotConnection, Job
 from tests.factories import (
@@ -663,3 +664,7 @@ async def test_batch_rows_may_name_hubspot_contacts(app, client, setup, hubspot,
     assert call.hubspot_contact_id == ana
     assert call.system_instruction == "You call Ana about the offer."
     assert [twilio_standin.call(s)["to"] for s in twilio_standin.call_sids] == ["+14155550177"]
+
+
+def test_every_call_status_has_a_hubspot_status() -> None:
+    assert set(HUBSPOT_STATUS) == set(CallStatus)

@@ -20,6 +20,7 @@ from app.batch.outcome import ends_batch_call, outcome_job
 from app.call import status as states
 from app.call.events import call_changed
 from app.call.schemas import CallOut
+from app.call.status import CallStatus
 from app.conversation.analysis import has_conversation
 from app.db import utcnow
 from app.hubspot import jobs as hubspot_jobs
@@ -44,7 +45,7 @@ def leaves_human_waiting(
     return (
         status in states.FINAL
         and transfer_sid is not None
-        and (transfer_status or "queued") not in states.FINAL
+        and (transfer_status or CallStatus.QUEUED) not in states.FINAL
     )
 
 
@@ -109,14 +110,14 @@ def status_update(
         return StatusUpdate(values, changed=False, completed=False)
     when = _when(params)
     values["status"] = states.final_status(new, answered_by, ended_reason)
-    if new == "in-progress":
+    if new == CallStatus.IN_PROGRESS:
         values["answered_at"] = when
     if new in states.FINAL:
         values["ended_at"] = when
         values["seconds"] = _int(params.get("CallDuration")) or 0
         values["ended_reason"] = ended_reason or new
     # Twilio prices a call after it ends, sometimes minutes later: ask for it then.
-    return StatusUpdate(values, changed=True, completed=new == "completed")
+    return StatusUpdate(values, changed=True, completed=new == CallStatus.COMPLETED)
 
 
 async def _enqueue_price(session: AsyncSession, call_id: uuid.UUID, project_id: uuid.UUID) -> None:
