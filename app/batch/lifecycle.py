@@ -13,7 +13,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.batch.campaign import CallWindow, most_attempts
-from app.jobs.queue import QUEUED, RUNNING, enqueue
+from app.jobs.queue import JobStatus, enqueue
 from app.models import Batch, BatchRow, Job
 
 log = logging.getLogger("talkstack.batch")
@@ -33,9 +33,9 @@ async def wake_dialer(session: AsyncSession, batch: Batch, at: datetime) -> None
         if batch.dial_job_id
         else None
     )
-    if job is not None and job.status == RUNNING:
+    if job is not None and job.status == JobStatus.RUNNING:
         return
-    if job is not None and job.status == QUEUED:
+    if job is not None and job.status == JobStatus.QUEUED:
         if job.next_attempt_at > at:
             job.next_attempt_at = at
         return
