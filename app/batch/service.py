@@ -199,7 +199,7 @@ async def hubspot_connected(session: AsyncSession, project_id: uuid.UUID) -> boo
     found = await session.scalar(
         select(HubSpotConnection.id).where(
             HubSpotConnection.project_id == project_id,
-            HubSpotConnection.status == hubspot_service.CONNECTED,
+            HubSpotConnection.status == hubspot_service.ConnectionStatus.CONNECTED,
         )
     )
     return found is not None
