@@ -21,7 +21,8 @@ from sqlalchemy import select
 
 from app.batch import lifecycle
 from app.batch.campaign import load_retry
-from app.call.status import FINAL
+from app.batch.lifecycle import RowState
+from app.call.status import FINAL, CallStatus
 from app.db import utcnow
 from app.jobs.queue import job_row
 from app.models import Batch, BatchRow, Call, Job
@@ -45,7 +46,7 @@ def outcome_job(call_id: uuid.UUID, project_id: uuid.UUID, status: str) -> dict[
         project_id=project_id,
         max_attempts=OUTCOME_ATTEMPTS,
     )
-    if status == "completed":
+    if status == CallStatus.COMPLETED:
         row["next_attempt_at"] = row["next_attempt_at"] + AMD_GRACE
     return row
 
@@ -72,12 +73,12 @@ async def decide(ctx: AppContext, job: Job) -> None:
         ).scalar_one_or_none()
         if batch is None or row is None:
             return  # an earlier attempt's call: its row has moved on to a new call
-        if row.state == "dialing":
+        if row.state == RowState.DIALING:
             # The call ended before the dialer settled its claim: settling it (`dialed`, in
             # app/batch/dialer.py) queues this decision again.
             return
         status = call.status
-        if row.state != "dialed" or row.outcome == status:
+        if row.state != RowState.DIALED or row.outcome == status:
             return
         rule = load_retry(batch.retry).get(status)
         if (
@@ -88,7 +89,7 @@ async def decide(ctx: AppContext, job: Job) -> None:
             at = now + timedelta(seconds=rule.delay_seconds)
             # The next claim makes a new call: the row keeps no call (a claim of a row with a
             # call adopts that call instead of dialing). This call stays, linked by batch_id.
-            row.state, row.call_id, row.call_sid = "queued", None, None
+            row.state, row.call_id, row.call_sid = RowState.QUEUED, None, None
             row.attempts, row.claimed_at, row.error = 0, None, None
             row.next_attempt_at = at
             row.outcome = status  # the last call's, shown again only if the row is canceled
