@@ -10,13 +10,15 @@ import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from openpyxl import Workbook
 from sqlalchemy import func, select
 
 from app.batch.dialer import AGAIN, BUSY, DONE, BatchDialer, Claim, MemoryPacer
+from app.batch.lifecycle import RowState
+from app.batch.schemas import BatchRowOut
 from app.models import Agent, Batch, BatchRow, Call, Job, Project
 from tests.factories import (
     CallingAgent,
@@ -628,3 +630,9 @@ async def test_a_row_twilio_refuses_tells_the_webhook_like_a_refused_single_call
         )
     assert events[single]["call"]["batchId"] is None
     assert events[row]["call"]["batchId"] == batch_id
+
+
+def test_the_api_schema_lists_every_row_state() -> None:
+    # BatchRowOut.state is a Literal (an inline enum in the OpenAPI document); the code names
+    # the states through RowState. One list, in the same order.
+    assert get_args(BatchRowOut.model_fields["state"].annotation) == tuple(RowState)

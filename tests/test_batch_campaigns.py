@@ -26,7 +26,7 @@ from app.batch.dialer import IDLE, BatchDialer, Claim, MemoryPacer
 from app.batch.lifecycle import DIAL_JOB
 from app.call.lifecycle import AMD_GRACE, OUTCOME_JOB
 from app.db import utcnow
-from app.jobs.queue import DONE, QUEUED, RUNNING
+from app.jobs.queue import JobStatus
 from app.models import Batch, BatchRow, Call, Job
 from app.timefmt import iso_ms
 from tests import test_batch
@@ -58,24 +58,24 @@ async def run_jobs(app: Any, kind: str, *, at: datetime, dialer: BatchDialer | N
         async with ctx.sessionmaker() as s:
             job = await s.scalar(
                 select(Job)
-                .where(Job.kind == kind, Job.status == QUEUED, Job.next_attempt_at <= at)
+                .where(Job.kind == kind, Job.status == JobStatus.QUEUED, Job.next_attempt_at <= at)
                 .order_by(Job.next_attempt_at)
                 .limit(1)
             )
             if job is None:
                 return ran
-            job.status, job.attempts = RUNNING, job.attempts + 1
+            job.status, job.attempts = JobStatus.RUNNING, job.attempts + 1
             await s.commit()
         await handler(job)
         async with ctx.sessionmaker() as s:
-            await s.execute(update(Job).where(Job.id == job.id).values(status=DONE))
+            await s.execute(update(Job).where(Job.id == job.id).values(status=JobStatus.DONE))
             await s.commit()
     raise AssertionError(f"{kind} jobs keep coming")
 
 
 async def queued_jobs(app: Any, kind: str) -> list[Job]:
     async with app.state.ctx.sessionmaker() as s:
-        found = await s.scalars(select(Job).where(Job.kind == kind, Job.status == QUEUED))
+        found = await s.scalars(select(Job).where(Job.kind == kind, Job.status == JobStatus.QUEUED))
         return list(found)
 
 
@@ -273,7 +273,7 @@ async def test_an_outcome_is_called_again_after_the_delay_up_to_its_attempts(
     (waiting,) = [r for r in await batch_rows(app, batch_id) if r.number == target]
     # A job runs at least once: deciding the same call again changes nothing.
     async with ctx.sessionmaker() as s, s.begin():
-        await s.execute(update(Job).where(Job.kind == OUTCOME_JOB).values(status=QUEUED))
+        await s.execute(update(Job).where(Job.kind == OUTCOME_JOB).values(status=JobStatus.QUEUED))
     assert await run_jobs(app, OUTCOME_JOB, at=utcnow() + AMD_GRACE * 2) == 2
     (again,) = [r for r in await batch_rows(app, batch_id) if r.number == target]
     assert (again.state, again.next_attempt_at) == ("queued", waiting.next_attempt_at)

@@ -9,14 +9,16 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from sqlalchemy import event, func, select
 from twilio.request_validator import RequestValidator
 
 from app.call import callbacks
+from app.call import schemas as call_schemas
 from app.call.jobs import check_call
+from app.call.status import CallStatus
 from app.jobs.worker import PermanentFailure, RetryLater
 from app.models import Agent, Call, Job, Project
 from tests.factories import (
@@ -534,3 +536,10 @@ async def test_a_callback_that_changes_nothing_reads_no_project_and_writes_nothi
         s for s in statements if "projects" in s or s.lstrip().startswith(("UPDATE", "INSERT"))
     ]
     assert len(await _jobs(app, "webhook.call_event")) == 1
+
+
+def test_the_api_schema_lists_every_call_status() -> None:
+    # The response schema spells the statuses out as a Literal (an inline enum in the OpenAPI
+    # document); the code names them through CallStatus. One list, in the same order.
+    assert get_args(call_schemas.CallStatus) == tuple(CallStatus)
+    assert all(type(status.value) is str for status in CallStatus)

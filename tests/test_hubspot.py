@@ -14,13 +14,16 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from sqlalchemy import select
 
+from app.call.status import CallStatus
 from app.hubspot import jobs as hubspot_jobs
-from app.hubspot.sync import CallFacts, body, engagement
+from app.hubspot.schemas import HubSpotOut
+from app.hubspot.service import ConnectionStatus
+from app.hubspot.sync import HUBSPOT_STATUS, CallFacts, body, engagement
 from app.jobs.worker import JobWorker, PermanentFailure, RetryLater
 from app.models import Call, HubSpotConnection, Job
 from tests.factories import (
@@ -663,3 +666,14 @@ async def test_batch_rows_may_name_hubspot_contacts(app, client, setup, hubspot,
     assert call.hubspot_contact_id == ana
     assert call.system_instruction == "You call Ana about the offer."
     assert [twilio_standin.call(s)["to"] for s in twilio_standin.call_sids] == ["+14155550177"]
+
+
+def test_every_call_status_has_a_hubspot_status() -> None:
+    assert set(HUBSPOT_STATUS) == set(CallStatus)
+
+
+def test_the_api_schema_lists_every_connection_status() -> None:
+    # HubSpotOut.state is a Literal (an inline enum in the OpenAPI document): the connection's
+    # statuses, and `not_connected` for a project without one.
+    state = HubSpotOut.model_fields["state"].annotation
+    assert get_args(state) == (*ConnectionStatus, "not_connected")

@@ -16,10 +16,16 @@ from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from app.call.status import CallStatus
 from app.errors import BadRequest
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # datetime.weekday() order
-RETRY_OUTCOMES = ("no-answer", "busy", "voicemail", "failed")
+RETRY_OUTCOMES = (
+    CallStatus.NO_ANSWER,
+    CallStatus.BUSY,
+    CallStatus.VOICEMAIL,
+    CallStatus.FAILED,
+)
 MIN_ATTEMPTS, MAX_ATTEMPTS = 1, 10
 MIN_DELAY, MAX_DELAY = 60, 7 * 24 * 3600
 _END_OF_DAY = 24 * 60

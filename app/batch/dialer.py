@@ -48,11 +48,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.agent.schemas import MAX_CALL_SECONDS
 from app.batch import lifecycle
 from app.batch.campaign import CallWindow
+from app.batch.lifecycle import UNDECIDED, RowState
 from app.call import lifecycle as lifecycle_of_call
 from app.call.lifecycle import CHECK_GRACE, RING_SECONDS, outcome_job, schedule_check
 from app.call.render import missing_variables, render
 from app.call.service import callback_url, hubspot_properties, record_refusal
-from app.call.status import FINAL
+from app.call.status import FINAL, CallStatus
 from app.config import Settings
 from app.context import AppContext
 from app.db import utcnow
@@ -66,7 +67,12 @@ from app.phone_number.service import number_of_agent
 
 log = logging.getLogger("talkstack.batch.dialer")
 
-LIVE_STATUSES = ("queued", "initiated", "ringing", "in-progress")
+LIVE_STATUSES = (
+    CallStatus.QUEUED,
+    CallStatus.INITIATED,
+    CallStatus.RINGING,
+    CallStatus.IN_PROGRESS,
+)
 # A call that never told us its end stops counting as live once no call can still be going:
 # ringing, the longest call an agent may take, and the grace after which its final-status
 # check (app/call/jobs.py) has asked Twilio.
@@ -258,7 +264,7 @@ class BatchDialer:
                 select(BatchRow)
                 .where(
                     BatchRow.batch_id == batch_id,
-                    BatchRow.state == "queued",
+                    BatchRow.state == RowState.QUEUED,
                     (BatchRow.next_attempt_at.is_(None)) | (BatchRow.next_attempt_at <= at),
                 )
                 .order_by(BatchRow.row)
@@ -274,13 +280,13 @@ class BatchDialer:
                             select(BatchRow.state)
                             .where(
                                 BatchRow.batch_id == batch_id,
-                                BatchRow.state.in_(("queued", "dialing")),
+                                BatchRow.state.in_(UNDECIDED),
                             )
                             .distinct()
                         )
                     ).all()
                 )
-                if "dialing" in pending:
+                if RowState.DIALING in pending:
                     return BUSY
                 return IDLE if pending else DONE
             if row.hubspot_contact_id and not row.number:
@@ -288,7 +294,7 @@ class BatchDialer:
             agent = await session.get(Agent, batch.agent_id)
             from_ = await number_of_agent(session, batch.agent_id) if agent else None
             if agent is None or agent.is_deleted or from_ is None:
-                row.state = "failed"
+                row.state = RowState.FAILED
                 row.error = "The agent has no phone number to call from any more."
                 return BUSY
             call = await session.get(Call, row.call_id) if row.call_id else None
@@ -315,7 +321,7 @@ class BatchDialer:
                 await session.flush()
                 row.call_attempts += 1
                 row.outcome = None
-            row.state = "dialing"
+            row.state = RowState.DIALING
             row.claimed_at = now
             row.attempts += 1
             row.call_id = call.id
@@ -339,7 +345,7 @@ class BatchDialer:
             batch = await session.get(Batch, row.batch_id) if row else None
             project = await session.get(Project, batch.project_id) if batch else None
             agent = await session.get(Agent, batch.agent_id) if batch else None
-            if row is None or project is None or agent is None or row.state != "queued":
+            if row is None or project is None or agent is None or row.state != RowState.QUEUED:
                 return
             try:
                 number, variables = await hubspot_service.resolve_contact(
@@ -350,7 +356,7 @@ class BatchDialer:
                     properties=hubspot_properties(agent),
                 )
             except AppError as exc:
-                row.state, row.error = "failed", exc.message
+                row.state, row.error = RowState.FAILED, exc.message
                 await session.commit()
                 return
             merged = {**variables, **row.variables}
@@ -358,7 +364,7 @@ class BatchDialer:
                 [agent.system_instruction, agent.first_message, agent.voicemail_message], merged
             )
             if missing:
-                row.state, row.error = "failed", f"missing variables: {', '.join(missing)}"
+                row.state, row.error = RowState.FAILED, f"missing variables: {', '.join(missing)}"
             else:
                 row.number, row.variables = number, merged
             await session.commit()
@@ -407,7 +413,8 @@ class BatchDialer:
                     )
                 await schedule_check(session, call, max_seconds=claim.max_seconds)
             if row is not None and row.call_id == claim.call_id:
-                row.state, row.call_sid, row.error, row.next_attempt_at = "dialed", sid, None, None
+                row.state, row.call_sid = RowState.DIALED, sid
+                row.error, row.next_attempt_at = None, None
                 if call is not None:
                     await _decide_if_ended(session, call)
 
@@ -418,7 +425,7 @@ class BatchDialer:
             if call is not None:
                 await record_refusal(session, call, exc)
             if row is not None and row.call_id == claim.call_id:
-                row.state, row.error, row.outcome = "failed", exc.message, "failed"
+                row.state, row.error, row.outcome = RowState.FAILED, exc.message, CallStatus.FAILED
         log.info("batch row %s refused by Twilio: %s", claim.row_id, exc.message)
 
     async def _unknown(self, claim: Claim, reason: str) -> None:
@@ -441,7 +448,7 @@ class BatchDialer:
                     await session.scalars(
                         select(BatchRow.id).where(
                             BatchRow.batch_id == batch_id,
-                            BatchRow.state == "dialing",
+                            BatchRow.state == RowState.DIALING,
                             BatchRow.claimed_at < cutoff,
                         )
                     )
@@ -458,7 +465,7 @@ class BatchDialer:
         telephony = self.ctx.telephony
         async with self.ctx.sessionmaker() as session:
             row = await session.get(BatchRow, row_id)
-            if row is None or row.state != "dialing" or row.claimed_at is None:
+            if row is None or row.state != RowState.DIALING or row.claimed_at is None:
                 return
             call = await session.get(Call, row.call_id) if row.call_id else None
             since = row.claimed_at - CLOCK_SKEW
@@ -469,7 +476,7 @@ class BatchDialer:
             found = [c for c in placed if c.date_created is None or c.date_created >= since]
         async with self.ctx.sessionmaker() as session, session.begin():
             row = await session.get(BatchRow, row_id, with_for_update=True)
-            if row is None or row.state != "dialing":
+            if row is None or row.state != RowState.DIALING:
                 return
             call = (
                 await session.get(Call, row.call_id, with_for_update=True) if row.call_id else None
@@ -493,25 +500,25 @@ class BatchDialer:
                 row.error = reason  # still `dialing`: a later slice decides
                 return
             if row.attempts >= self.max_attempts:
-                row.state, row.error = "failed", f"Twilio could not be reached: {reason}"
-                row.outcome = "failed"
+                row.state, row.error = RowState.FAILED, f"Twilio could not be reached: {reason}"
+                row.outcome = CallStatus.FAILED
                 if call is not None and call.status not in FINAL:
                     call.status, call.ended_at, call.ended_reason = (
-                        "failed",
+                        CallStatus.FAILED,
                         utcnow(),
                         "twilio-error",
                     )
                     call.error_message = reason
                 return
             # Not placed: dial again after a backoff (the same call row is reused).
-            row.state, row.error = "queued", reason
+            row.state, row.error = RowState.QUEUED, reason
             row.next_attempt_at = utcnow() + timedelta(seconds=min(300, 5 * 2**row.attempts))
 
     async def _adopt(
         self, session: AsyncSession, row: BatchRow, call: Call | None, sid: str
     ) -> None:
         """Row `row` was dialed as Twilio's call `sid`: record it as its call's SID."""
-        row.state, row.call_sid, row.error, row.next_attempt_at = "dialed", sid, None, None
+        row.state, row.call_sid, row.error, row.next_attempt_at = RowState.DIALED, sid, None, None
         if call is None:
             return
         if call.call_sid is None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.batch.campaign import CallWindow, most_attempts
-from app.jobs.queue import QUEUED, RUNNING, enqueue
+from app.jobs.queue import JobStatus, enqueue
 from app.models import Batch, BatchRow, Job
 
 log = logging.getLogger("talkstack.batch")
@@ -22,6 +23,22 @@ DIAL_JOB = "batch.dial"
 DIAL_JOB_ATTEMPTS = 50
 # Batch statuses that still have rows to dial or outcomes to wait for.
 OPEN = ("running", "paused")
+
+
+class RowState(StrEnum):
+    """A batch row's state, stored and shown as its value; BatchRow (app/models/batch.py)
+    describes its course."""
+
+    QUEUED = "queued"
+    DIALING = "dialing"
+    DIALED = "dialed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+
+
+# Rows the dialer has still to place, or to settle: the batch is not done while one is left.
+UNDECIDED = (RowState.QUEUED, RowState.DIALING)
 
 
 async def wake_dialer(session: AsyncSession, batch: Batch, at: datetime) -> None:
@@ -33,9 +50,9 @@ async def wake_dialer(session: AsyncSession, batch: Batch, at: datetime) -> None
         if batch.dial_job_id
         else None
     )
-    if job is not None and job.status == RUNNING:
+    if job is not None and job.status == JobStatus.RUNNING:
         return
-    if job is not None and job.status == QUEUED:
+    if job is not None and job.status == JobStatus.QUEUED:
         if job.next_attempt_at > at:
             job.next_attempt_at = at
         return
@@ -53,17 +70,19 @@ async def wake_dialer(session: AsyncSession, batch: Batch, at: datetime) -> None
 async def next_dial_time(session: AsyncSession, batch: Batch, now: datetime) -> datetime | None:
     """When a row of the batch can next be dialed (or a claim settled); None: no row waits."""
     dialing = await session.scalar(
-        select(exists().where(BatchRow.batch_id == batch.id, BatchRow.state == "dialing"))
+        select(exists().where(BatchRow.batch_id == batch.id, BatchRow.state == RowState.DIALING))
     )
     if dialing:
         return now  # a claim to settle (reconcile) soon
-    queued = select(BatchRow.id).where(BatchRow.batch_id == batch.id, BatchRow.state == "queued")
+    queued = select(BatchRow.id).where(
+        BatchRow.batch_id == batch.id, BatchRow.state == RowState.QUEUED
+    )
     if await session.scalar(queued.where(BatchRow.next_attempt_at.is_(None)).limit(1)):
         due = now
     else:
         earliest = await session.scalar(
             select(func.min(BatchRow.next_attempt_at)).where(
-                BatchRow.batch_id == batch.id, BatchRow.state == "queued"
+                BatchRow.batch_id == batch.id, BatchRow.state == RowState.QUEUED
             )
         )
         if earliest is None:
@@ -78,15 +97,13 @@ async def finish_if_done(session: AsyncSession, batch: Batch, now: datetime) -> 
     with retries, no call still to end whose outcome could queue its row again."""
     if batch.status not in OPEN:
         return True
-    pending = exists().where(
-        BatchRow.batch_id == batch.id, BatchRow.state.in_(("queued", "dialing"))
-    )
+    pending = exists().where(BatchRow.batch_id == batch.id, BatchRow.state.in_(UNDECIDED))
     if await session.scalar(select(pending)):
         return False
     if batch.retry:
         undecided = exists().where(
             BatchRow.batch_id == batch.id,
-            BatchRow.state == "dialed",
+            BatchRow.state == RowState.DIALED,
             BatchRow.outcome.is_(None),
             BatchRow.call_attempts < most_attempts(batch.retry),
         )

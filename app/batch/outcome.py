@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from app.batch import lifecycle
 from app.batch.campaign import load_retry
+from app.batch.lifecycle import RowState
 from app.call.status import FINAL
 from app.db import utcnow
 from app.models import Batch, BatchRow, Call, Job
@@ -48,12 +49,12 @@ async def decide(ctx: AppContext, job: Job) -> None:
         ).scalar_one_or_none()
         if batch is None or row is None:
             return  # an earlier attempt's call: its row has moved on to a new call
-        if row.state == "dialing":
+        if row.state == RowState.DIALING:
             # The call ended before the dialer settled its claim: settling it (`dialed`, in
             # app/batch/dialer.py) queues this decision again.
             return
         status = call.status
-        if row.state != "dialed" or row.outcome == status:
+        if row.state != RowState.DIALED or row.outcome == status:
             return
         rule = load_retry(batch.retry).get(status)
         if (
@@ -64,7 +65,7 @@ async def decide(ctx: AppContext, job: Job) -> None:
             at = now + timedelta(seconds=rule.delay_seconds)
             # The next claim makes a new call: the row keeps no call (a claim of a row with a
             # call adopts that call instead of dialing). This call stays, linked by batch_id.
-            row.state, row.call_id, row.call_sid = "queued", None, None
+            row.state, row.call_id, row.call_sid = RowState.QUEUED, None, None
             row.attempts, row.claimed_at, row.error = 0, None, None
             row.next_attempt_at = at
             row.outcome = status  # the last call's, shown again only if the row is canceled

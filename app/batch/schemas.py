@@ -6,11 +6,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from app.batch.lifecycle import UNDECIDED, RowState
 from app.models import Batch, BatchRow
 from app.timefmt import iso_ms
 
 BatchStatus = Literal["running", "paused", "completed", "canceled"]
-_UNDECIDED = ("queued", "dialing")
 
 
 class CallWindowOut(BaseModel):
@@ -103,10 +103,10 @@ class BatchRowOut(BaseModel):
         return cls(
             row=row.row, number=row.number, state=row.state,
             callSid=row.call_sid, error=row.error, attempts=row.call_attempts,
-            outcome=None if row.state in _UNDECIDED else row.outcome,
+            outcome=None if row.state in UNDECIDED else row.outcome,
             nextAttemptAt=(
                 iso_ms(row.next_attempt_at)
-                if row.state == "queued" and row.next_attempt_at else None
+                if row.state == RowState.QUEUED and row.next_attempt_at else None
             ),
         )  # fmt: skip
 

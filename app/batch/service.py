@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.batch import lifecycle
 from app.batch.campaign import Campaign, retry_public
+from app.batch.lifecycle import UNDECIDED, RowState
 from app.batch.parse import MAX_ROWS, FileRejected
 from app.call.render import missing_variables
 from app.context import AppContext
@@ -172,7 +173,7 @@ async def create_batch(
                     "row": checked.row,
                     "number": checked.number,
                     "variables": checked.variables,
-                    "state": "queued" if checked.error is None else "rejected",
+                    "state": RowState.QUEUED if checked.error is None else RowState.REJECTED,
                     "error": checked.error,
                     "attempts": 0,
                     "hubspot_contact_id": checked.hubspot_contact_id,
@@ -194,7 +195,7 @@ async def hubspot_connected(session: AsyncSession, project_id: uuid.UUID) -> boo
     found = await session.scalar(
         select(HubSpotConnection.id).where(
             HubSpotConnection.project_id == project_id,
-            HubSpotConnection.status == hubspot_service.CONNECTED,
+            HubSpotConnection.status == hubspot_service.ConnectionStatus.CONNECTED,
         )
     )
     return found is not None
@@ -206,7 +207,7 @@ async def counts(session: AsyncSession, batch_id: uuid.UUID) -> dict[str, int]:
         .where(BatchRow.batch_id == batch_id)
         .group_by(BatchRow.state)
     )
-    out = {state: 0 for state in ("queued", "dialing", "dialed", "failed", "canceled", "rejected")}
+    out = {state.value: 0 for state in RowState}
     out.update({state: n for state, n in rows})
     return out
 
@@ -218,7 +219,7 @@ async def outcomes(session: AsyncSession, batch_id: uuid.UUID) -> dict[str, int]
         .where(
             BatchRow.batch_id == batch_id,
             BatchRow.outcome.is_not(None),
-            BatchRow.state.not_in(("queued", "dialing")),
+            BatchRow.state.not_in(UNDECIDED),
         )
         .group_by(BatchRow.outcome)
     )
@@ -253,8 +254,8 @@ async def cancel(session: AsyncSession, *, batch: Batch) -> Batch:
         batch.finished_at = utcnow()
         await session.execute(
             update(BatchRow)
-            .where(BatchRow.batch_id == batch.id, BatchRow.state == "queued")
-            .values(state="canceled")
+            .where(BatchRow.batch_id == batch.id, BatchRow.state == RowState.QUEUED)
+            .values(state=RowState.CANCELED)
         )
     return batch
 

@@ -21,6 +21,7 @@ from app.call import status as states
 from app.call.analysis import has_conversation
 from app.call.events import call_changed
 from app.call.schemas import CallOut
+from app.call.status import CallStatus
 from app.db import utcnow
 from app.hubspot import jobs as hubspot_jobs
 from app.integrations.webhooks import sender as webhooks
@@ -82,14 +83,14 @@ def status_update(
         return StatusUpdate(values, changed=False, completed=False)
     when = _when(params)
     values["status"] = states.final_status(new, answered_by, ended_reason)
-    if new == "in-progress":
+    if new == CallStatus.IN_PROGRESS:
         values["answered_at"] = when
     if new in states.FINAL:
         values["ended_at"] = when
         values["seconds"] = _int(params.get("CallDuration")) or 0
         values["ended_reason"] = ended_reason or new
     # Twilio prices a call after it ends, sometimes minutes later: ask for it then.
-    return StatusUpdate(values, changed=True, completed=new == "completed")
+    return StatusUpdate(values, changed=True, completed=new == CallStatus.COMPLETED)
 
 
 async def load_for_callback(

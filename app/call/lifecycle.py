@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.call import status as states
 from app.call.events import call_changed
+from app.call.status import CallStatus
 from app.db import utcnow
 from app.jobs.queue import enqueue, job_row
 from app.models import Agent, Call
@@ -92,7 +93,7 @@ def outbound(
         direction="outbound",
         to_number=to,
         from_number=from_,
-        status="queued",
+        status=CallStatus.QUEUED,
         dynamic_variables=variables,
         system_instruction=system_instruction,
         first_message=first_message,
@@ -160,7 +161,7 @@ def outcome_job(call_id: uuid.UUID, project_id: uuid.UUID, status: str) -> dict[
         project_id=project_id,
         max_attempts=OUTCOME_ATTEMPTS,
     )
-    if status == "completed":
+    if status == CallStatus.COMPLETED:
         row["next_attempt_at"] = row["next_attempt_at"] + AMD_GRACE
     return row
 

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.call import lifecycle
 from app.call.events import call_changed
 from app.call.render import missing_variables, placeholders, render
+from app.call.status import CallStatus
 from app.context import AppContext
 from app.db import utcnow
 from app.errors import AppError, BadRequest, NotFound
@@ -172,7 +173,7 @@ async def place_call(
 async def record_refusal(session: AsyncSession, call: Call, exc: AppError) -> None:
     """Twilio did not place `call` (refused, or failed answering): the call failed, with
     Twilio's reason, and the project's webhook hears so. Single calls and batch rows alike."""
-    call.status = "failed"
+    call.status = CallStatus.FAILED
     call.ended_at = utcnow()
     call.ended_reason = "twilio-rejected" if isinstance(exc, TwilioRejected) else "twilio-error"
     twilio_code = exc.extra.get("twilioCode")

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.context import AppContext
 from app.db import utcnow
 from app.hubspot import service
+from app.hubspot.service import ConnectionStatus
 from app.hubspot.sync import CallFacts, sync_call
 from app.integrations.hubspot import client as hs
 from app.jobs.queue import enqueue
@@ -45,7 +46,7 @@ async def call_finished(session: AsyncSession, call: Call) -> None:
     connected = await session.scalar(
         select(HubSpotConnection.id).where(
             HubSpotConnection.project_id == call.project_id,
-            HubSpotConnection.status == service.CONNECTED,
+            HubSpotConnection.status == ConnectionStatus.CONNECTED,
         )
     )
     if connected is None:
@@ -66,7 +67,7 @@ async def run_sync_job(ctx: AppContext, job: Job) -> None:
         # Locked: a recording callback decides by `hubspot_read_at` whether to sync again.
         call = await session.get(Call, call_id, with_for_update=True)
         connection = await service.get_connection(session, call.project_id) if call else None
-        if call is None or connection is None or connection.status != service.CONNECTED:
+        if call is None or connection is None or connection.status != ConnectionStatus.CONNECTED:
             return  # gone, disconnected, or broken: nothing to do until it connects again
         token = service.decrypt_token(ctx, connection)
         if token is None:

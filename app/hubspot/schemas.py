@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from app.hubspot.service import ConnectionStatus
 from app.models import HubSpotConnection
 from app.schemas import Strict
 from app.timefmt import iso_ms
@@ -94,7 +95,7 @@ class HubSpotOut(BaseModel):
                 message=connection.last_sync_error,
             )
         state: Literal["connected", "broken"] = (
-            "connected" if connection.status == "connected" else "broken"
+            "connected" if connection.status == ConnectionStatus.CONNECTED else "broken"
         )
         return cls(
             connected=state == "connected",

@@ -10,6 +10,7 @@ import base64
 import logging
 import uuid
 from collections.abc import Collection
+from enum import StrEnum
 
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import select, update
@@ -30,8 +31,16 @@ from app.models import Call, HubSpotConnection, Project
 
 log = logging.getLogger("talkstack.hubspot")
 
-CONNECTED = "connected"
-BROKEN = "broken"
+
+class ConnectionStatus(StrEnum):
+    """A HubSpot connection's status (stored as its value): `broken` once HubSpot refused the
+    token; nothing is tried until the project connects again."""
+
+    CONNECTED = "connected"
+    BROKEN = "broken"
+
+
+# The last sync's result (last_sync_result).
 SUCCESS = "success"
 ERROR = "error"
 
@@ -112,7 +121,7 @@ async def connect(
         await _forget_hubspot_ids(session, project.id)
     connection.encrypted_token = encrypted
     connection.portal_id = portal_id
-    connection.status = CONNECTED
+    connection.status = ConnectionStatus.CONNECTED
     connection.connected_at = utcnow()
     connection.last_sync_at = None
     connection.last_sync_result = None
@@ -149,7 +158,7 @@ async def _forget_hubspot_ids(session: AsyncSession, project_id: uuid.UUID) -> N
 
 
 def mark_broken(connection: HubSpotConnection, reason: str, call_sid: str | None = None) -> None:
-    connection.status = BROKEN
+    connection.status = ConnectionStatus.BROKEN
     record_result(connection, ERROR, reason, call_sid)
 
 
@@ -172,7 +181,7 @@ async def usable_client(
     connection = await get_connection(session, project_id)
     if connection is None:
         raise HubSpotNotConnected()
-    if connection.status != CONNECTED:
+    if connection.status != ConnectionStatus.CONNECTED:
         raise HubSpotNotConnected(REVOKED_MESSAGE)
     token = decrypt_token(ctx, connection)
     if token is None:

@@ -18,21 +18,22 @@ from sqlalchemy import update
 from app.context import AppContext
 from app.integrations.hubspot.client import HubSpotClient, HubSpotNotFound, normalise
 from app.models import Call
+from app.models.call import CallStatus
 from app.timefmt import iso_ms
 
 # Our statuses as HubSpot's hs_call_status values.
-HUBSPOT_STATUS = {
-    "queued": "QUEUED",
-    "initiated": "CONNECTING",
-    "ringing": "RINGING",
-    "in-progress": "IN_PROGRESS",
-    "completed": "COMPLETED",
-    "busy": "BUSY",
-    "failed": "FAILED",
-    "no-answer": "NO_ANSWER",
-    "canceled": "CANCELED",
-    "voicemail": "COMPLETED",
-    "silence": "COMPLETED",
+HUBSPOT_STATUS: dict[str, str] = {
+    CallStatus.QUEUED: "QUEUED",
+    CallStatus.INITIATED: "CONNECTING",
+    CallStatus.RINGING: "RINGING",
+    CallStatus.IN_PROGRESS: "IN_PROGRESS",
+    CallStatus.COMPLETED: "COMPLETED",
+    CallStatus.BUSY: "BUSY",
+    CallStatus.FAILED: "FAILED",
+    CallStatus.NO_ANSWER: "NO_ANSWER",
+    CallStatus.CANCELED: "CANCELED",
+    CallStatus.VOICEMAIL: "COMPLETED",
+    CallStatus.SILENCE: "COMPLETED",
 }
 # HubSpot caps a property value at 65,536 characters; the transcript is cut to stay below.
 MAX_BODY_CHARS = 60_000

@@ -12,6 +12,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Engine, Table, and_, delete, event, insert, or_, select, update
@@ -23,10 +24,15 @@ from app.models import Job
 
 log = logging.getLogger("talkstack.jobs")
 
-QUEUED = "queued"
-RUNNING = "running"
-DONE = "done"
-DEAD = "dead"
+
+class JobStatus(StrEnum):
+    """A job's status (stored as its value): queued -> running -> done | queued (retry) | dead."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    DEAD = "dead"
+
 
 MAX_ERROR_LENGTH = 2000
 _ENQUEUED = "talkstack.jobs_enqueued"
@@ -54,7 +60,7 @@ async def enqueue(
         kind=kind,
         payload=payload,
         project_id=project_id,
-        status=QUEUED,
+        status=JobStatus.QUEUED,
         attempts=0,
         max_attempts=max_attempts,
         next_attempt_at=run_at or utcnow(),
@@ -78,7 +84,7 @@ def job_row(
         "kind": kind,
         "payload": payload,
         "project_id": project_id,
-        "status": QUEUED,
+        "status": JobStatus.QUEUED,
         "attempts": 0,
         "max_attempts": max_attempts,
         "next_attempt_at": now,
@@ -110,7 +116,7 @@ async def requeue_now(session: AsyncSession, job_id: uuid.UUID) -> bool:
     now = utcnow()
     result = await session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == QUEUED)
+        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
         .values(attempts=0, next_attempt_at=now, last_error=None, updated_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -137,9 +143,11 @@ async def claim(
         return []
     now = utcnow()
     due = or_(
-        and_(Job.status == QUEUED, Job.next_attempt_at <= now),
+        and_(Job.status == JobStatus.QUEUED, Job.next_attempt_at <= now),
         # An expired lease on the last allowed attempt is buried by `reap`, not run again.
-        and_(Job.status == RUNNING, Job.locked_until < now, Job.attempts < Job.max_attempts),
+        and_(
+            Job.status == JobStatus.RUNNING, Job.locked_until < now, Job.attempts < Job.max_attempts
+        ),
     )
     pick = select(Job.id).where(due).order_by(Job.next_attempt_at, Job.created_at).limit(limit)
     if kinds is not None:
@@ -151,7 +159,7 @@ async def claim(
             update(Job)
             .where(Job.id.in_(pick))
             .values(
-                status=RUNNING,
+                status=JobStatus.RUNNING,
                 attempts=Job.attempts + 1,
                 locked_until=now + timedelta(seconds=lease_seconds),
                 updated_at=now,
@@ -168,7 +176,7 @@ async def claim(
 
 async def complete(sessionmaker: Sessionmaker, job: Job) -> bool:
     """Mark a claimed job done; False if the lease was lost (nothing changed)."""
-    return await _settle(sessionmaker, job, status=DONE, locked_until=None)
+    return await _settle(sessionmaker, job, status=JobStatus.DONE, locked_until=None)
 
 
 async def retry(sessionmaker: Sessionmaker, job: Job, error: str, delay: float) -> bool:
@@ -176,7 +184,7 @@ async def retry(sessionmaker: Sessionmaker, job: Job, error: str, delay: float) 
     return await _settle(
         sessionmaker,
         job,
-        status=QUEUED,
+        status=JobStatus.QUEUED,
         locked_until=None,
         next_attempt_at=utcnow() + timedelta(seconds=max(delay, 0.0)),
         last_error=_clip(error),
@@ -185,7 +193,9 @@ async def retry(sessionmaker: Sessionmaker, job: Job, error: str, delay: float) 
 
 async def bury(sessionmaker: Sessionmaker, job: Job, error: str) -> bool:
     """Give up on a claimed job: it stays `dead` for a person to look at."""
-    return await _settle(sessionmaker, job, status=DEAD, locked_until=None, last_error=_clip(error))
+    return await _settle(
+        sessionmaker, job, status=JobStatus.DEAD, locked_until=None, last_error=_clip(error)
+    )
 
 
 async def release(sessionmaker: Sessionmaker, job: Job) -> bool:
@@ -193,7 +203,7 @@ async def release(sessionmaker: Sessionmaker, job: Job) -> bool:
     return await _settle(
         sessionmaker,
         job,
-        status=QUEUED,
+        status=JobStatus.QUEUED,
         attempts=job.attempts - 1,
         locked_until=None,
         next_attempt_at=utcnow(),
@@ -209,7 +219,7 @@ async def extend(sessionmaker: Sessionmaker, jobs: Sequence[Job], lease_seconds:
     async with sessionmaker() as session:
         result = await session.execute(
             update(Job)
-            .where(held, Job.status == RUNNING)
+            .where(held, Job.status == JobStatus.RUNNING)
             .values(locked_until=now + timedelta(seconds=lease_seconds))
             .execution_options(synchronize_session=False)
         )
@@ -226,12 +236,12 @@ async def reap(sessionmaker: Sessionmaker) -> list[Job]:
                 await session.scalars(
                     update(Job)
                     .where(
-                        Job.status == RUNNING,
+                        Job.status == JobStatus.RUNNING,
                         Job.locked_until < now,
                         Job.attempts >= Job.max_attempts,
                     )
                     .values(
-                        status=DEAD,
+                        status=JobStatus.DEAD,
                         locked_until=None,
                         updated_at=now,
                         last_error="The worker stopped during the last attempt (lease expired).",
@@ -249,7 +259,11 @@ async def purge_done(sessionmaker: Sessionmaker, *, older_than: datetime, batch:
     """Delete up to `batch` finished jobs last run before `older_than` (dead ones are kept)."""
     # next_attempt_at of a done job is when it last ran: the (status, next_attempt_at) index
     # serves this without a scan.
-    old = select(Job.id).where(Job.status == DONE, Job.next_attempt_at < older_than).limit(batch)
+    old = (
+        select(Job.id)
+        .where(Job.status == JobStatus.DONE, Job.next_attempt_at < older_than)
+        .limit(batch)
+    )
     async with sessionmaker() as session:
         result = await session.execute(
             delete(Job).where(Job.id.in_(old)).execution_options(synchronize_session=False)
@@ -296,7 +310,7 @@ async def _settle(sessionmaker: Sessionmaker, job: Job, **values: Any) -> bool:
     async with sessionmaker() as session:
         result = await session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.status == RUNNING, Job.attempts == job.attempts)
+            .where(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.attempts == job.attempts)
             .values(updated_at=now, **values)
             .execution_options(synchronize_session=False)
         )

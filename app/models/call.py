@@ -3,12 +3,35 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, Numeric, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, TimestampMixin, UTCDateTime, new_id
+
+
+class CallStatus(StrEnum):
+    """A call's status: Twilio's call statuses, then our refinements of `completed`.
+
+    Members are str: they are stored, compared with what Twilio sends and shown as they are.
+    The API's schema lists the same values (app/call/schemas.py); app/call/status.py holds
+    the rules between them.
+    """
+
+    QUEUED = "queued"
+    INITIATED = "initiated"
+    RINGING = "ringing"
+    IN_PROGRESS = "in-progress"
+    COMPLETED = "completed"
+    BUSY = "busy"
+    FAILED = "failed"
+    NO_ANSWER = "no-answer"
+    CANCELED = "canceled"
+    # Ours: a completed call answered by a machine, or ended by the agent on silence.
+    VOICEMAIL = "voicemail"
+    SILENCE = "silence"
 
 
 class Call(TimestampMixin, Base):

@@ -93,9 +93,9 @@ async def redeliver(
         code="DELIVERY_IN_PROGRESS",
     )
     job = await session.get(Job, delivery.job_id) if delivery.job_id is not None else None
-    if job is not None and job.status == queue.RUNNING:
+    if job is not None and job.status == queue.JobStatus.RUNNING:
         raise busy
-    if job is not None and job.status == queue.QUEUED:
+    if job is not None and job.status == queue.JobStatus.QUEUED:
         if not await queue.requeue_now(session, job.id):
             raise busy  # a worker claimed it since it was read
     else:
