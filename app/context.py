@@ -1,4 +1,8 @@
-"""What the lifespan builds once and every request shares."""
+"""What the lifespan builds once and every request shares.
+
+Each outside system is held as the Protocol the app uses (app/integrations/): the adapters
+built by app/main.py build_context, or, for telephony without credentials, the stand-in
+(port.NoTelephony)."""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import Settings
-from app.integrations.elevenlabs import VoiceCatalogue
-from app.integrations.llm import LanguageModel
+from app.integrations.elevenlabs import Voices
+from app.integrations.llm import ChatModel
 from app.integrations.smtp import Mailer
 from app.integrations.twilio.port import Telephony
 from app.integrations.webhooks.tools import ToolCaller
@@ -27,8 +31,8 @@ class AppContext:
     mailer: Mailer
     limiter: AuthRateLimiter
     telephony: Telephony  # port.NoTelephony when Twilio is not configured
-    voices: VoiceCatalogue
-    llm: LanguageModel
+    voices: Voices
+    llm: ChatModel
     tool_webhooks: ToolCaller
     # The in-process job worker (None when RUN_JOBS_IN_PROCESS=false: a separate
     # `talkstack-worker` runs the jobs).

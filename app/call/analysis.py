@@ -24,7 +24,7 @@ from app.call.schemas import CallOut
 from app.context import AppContext
 from app.errors import Conflict, UpstreamError
 from app.hubspot import jobs as hubspot_jobs
-from app.integrations.llm import LanguageModel, LLMError, Message
+from app.integrations.llm import ChatModel, LLMError, Message
 from app.integrations.webhooks.sender import enqueue_call_event
 from app.jobs.worker import RetryLater
 from app.models import Agent, Call, CallAnalysis, Project
@@ -205,7 +205,7 @@ def shape(
 
 
 async def analyse(
-    llm: LanguageModel,
+    llm: ChatModel,
     transcript: Sequence[dict[str, Any]],
     questions: Sequence[Question],
     success_criteria: str | None = None,

@@ -28,7 +28,7 @@ from app.conversation.tools import (
     filler,
     tool_specs,
 )
-from app.integrations.llm import LanguageModel, LLMError, Message, TextDelta, ToolCall
+from app.integrations.llm import ChatModel, LLMError, Message, TextDelta, ToolCall
 
 log = logging.getLogger("talkstack.conversation")
 
@@ -111,7 +111,7 @@ class Conversation:
     def __init__(
         self,
         script: Script,
-        llm: LanguageModel,
+        llm: ChatModel,
         send: Send,
         *,
         timing: Timing | None = None,

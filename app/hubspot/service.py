@@ -72,7 +72,7 @@ def decrypt_token(ctx: AppContext, connection: HubSpotConnection) -> str | None:
         return None
 
 
-def client_for(ctx: AppContext, token: str) -> hs.HubSpotClient:
+def client_for(ctx: AppContext, token: str) -> hs.CRM:
     settings = ctx.settings
     return hs.HubSpotClient(
         token, base_url=settings.hubspot_api_base_url, timeout=settings.hubspot_timeout_seconds
@@ -176,7 +176,7 @@ def record_result(
 
 async def usable_client(
     ctx: AppContext, session: AsyncSession, project_id: uuid.UUID
-) -> tuple[HubSpotConnection, hs.HubSpotClient]:
+) -> tuple[HubSpotConnection, hs.CRM]:
     """The project's connection and a client with its token; 400 if there is none that works."""
     connection = await get_connection(session, project_id)
     if connection is None:

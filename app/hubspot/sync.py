@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import update
 
 from app.context import AppContext
-from app.integrations.hubspot.client import HubSpotClient, HubSpotNotFound, normalise
+from app.integrations.hubspot.client import CRM, HubSpotNotFound, normalise
 from app.models import Call
 from app.models.call import CallStatus
 from app.timefmt import iso_ms
@@ -85,7 +85,7 @@ class CallFacts:
         return self.to_number if self.direction == "outbound" else self.from_number
 
 
-async def sync_call(ctx: AppContext, client: HubSpotClient, facts: CallFacts) -> str:
+async def sync_call(ctx: AppContext, client: CRM, facts: CallFacts) -> str:
     """Log (or update) the call in HubSpot; returns the engagement's id. Raises HubSpotError."""
     contact_id = facts.hubspot_contact_id
     if contact_id is None:
@@ -105,7 +105,7 @@ async def sync_call(ctx: AppContext, client: HubSpotClient, facts: CallFacts) ->
     return call_id
 
 
-async def _contact_for(client: HubSpotClient, number: str) -> str | None:
+async def _contact_for(client: CRM, number: str) -> str | None:
     """The contact with this number, created if there is none; None for a number that is not
     one (an anonymous caller): the call is then logged without a contact."""
     e164 = normalise(number)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -124,6 +124,21 @@ class _Snapshot:
     @classmethod
     def of(cls, voices: Sequence[Voice], expires_at: float) -> _Snapshot:
         return cls(tuple(voices), {v.voice_id: v for v in voices}, expires_at)
+
+
+class Voices(Protocol):
+    """What the app asks of the voice catalogue (VoiceCatalogue)."""
+
+    @property
+    def live(self) -> bool: ...
+
+    async def list(self) -> list[Voice]: ...
+
+    async def get(self, voice_id: str) -> Voice | None: ...
+
+    async def exists(self, voice_id: str) -> bool: ...
+
+    async def aclose(self) -> None: ...
 
 
 class VoiceCatalogue:

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import aiohttp
 import httpx
@@ -51,6 +51,23 @@ class _PartialCall:
     id: str = ""
     name: str = ""
     arguments: str = ""
+
+
+class ChatModel(Protocol):
+    """What the app asks of the language model (LanguageModel): the live call's turns, and
+    one structured completion for the post-call analysis."""
+
+    model: str
+
+    def stream_turn(
+        self, messages: Sequence[Message], tools: Sequence[dict[str, Any]] = ()
+    ) -> AsyncIterator[TextDelta | ToolCall]: ...
+
+    async def structured(
+        self, messages: Sequence[Message], *, name: str, schema: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+    async def aclose(self) -> None: ...
 
 
 class LanguageModel:

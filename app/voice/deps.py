@@ -6,12 +6,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.integrations.elevenlabs import VoiceCatalogue
+from app.integrations.elevenlabs import Voices
 
 
-async def get_voices(request: Request) -> VoiceCatalogue:
-    voices: VoiceCatalogue = request.app.state.ctx.voices
+async def get_voices(request: Request) -> Voices:
+    voices: Voices = request.app.state.ctx.voices
     return voices
 
 
-VoicesDep = Annotated[VoiceCatalogue, Depends(get_voices)]
+VoicesDep = Annotated[Voices, Depends(get_voices)]

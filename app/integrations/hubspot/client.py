@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import phonenumbers
@@ -102,6 +102,24 @@ def normalise(raw: str | None, region: str | None = None) -> str | None:
     if not phonenumbers.is_valid_number(number):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+class CRM(Protocol):
+    """What the app asks of one project's HubSpot account (HubSpotClient)."""
+
+    async def portal_id(self) -> int: ...
+
+    async def get_contact(self, contact_id: str, properties: Collection[str] = ()) -> Contact: ...
+
+    async def find_contact(self, e164: str) -> Contact | None: ...
+
+    async def create_contact(self, properties: Mapping[str, str]) -> Contact: ...
+
+    async def create_call(
+        self, properties: Mapping[str, str], *, contact_id: str | None
+    ) -> str: ...
+
+    async def update_call(self, call_id: str, properties: Mapping[str, str]) -> None: ...
 
 
 class HubSpotClient:
