@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.call import lifecycle
 from app.call import status as states
-from app.call.analysis import has_conversation
 from app.call.events import call_changed
 from app.call.schemas import CallOut
 from app.call.status import CallStatus
@@ -120,20 +119,9 @@ async def apply_status(session: AsyncSession, call: Call, params: Mapping[str, s
     )
     for column, value in change.values.items():
         setattr(call, column, value)
-    jobs = lifecycle.jobs_after_status(
-        call_id=call.id,
-        project_id=call.project_id,
-        batch_id=call.batch_id,
-        status=call.status,
-        transfer_sid=call.transfer_call_sid,
-        transfer_status=call.transfer_status,
-        changed=change.changed,
-        completed=change.completed,
+    await lifecycle.status_applied(
+        session, call, changed=change.changed, completed=change.completed
     )
-    await enqueue_many(session, jobs)
-    if change.changed:
-        await call_changed(session, call)
-        await _sync_if_final(session, call)
     return change.changed
 
 
@@ -286,7 +274,7 @@ class StatusIngest:
                 results.append(change.changed)
             await self._store(session, writes, events, jobs)
             for snapshot in snapshots:
-                await _sync_if_final(session, snapshot)
+                await lifecycle.final_sync(session, snapshot)
             await session.commit()
         return results
 
@@ -342,12 +330,6 @@ def status_ingest(sessionmaker: async_sessionmaker[AsyncSession]) -> StatusInges
     if ingest is None:
         ingest = _ingests[sessionmaker] = StatusIngest(sessionmaker)
     return ingest
-
-
-async def _sync_if_final(session: AsyncSession, call: Call) -> None:
-    # A call with a conversation reaches HubSpot after its analysis, with the summary.
-    if call.status in states.FINAL and not has_conversation(call.transcript):
-        await hubspot_jobs.call_finished(session, call)
 
 
 async def apply_amd(session: AsyncSession, call: Call, params: Mapping[str, str]) -> bool:

@@ -7,12 +7,13 @@ and `inbound` (Twilio's inbound webhook, app/conversation/inbound.py) build the 
 inbound call's creation. Each queues the call's final check (jobs.schedule_check): a call never
 stays live because a callback was lost.
 
-Changed: `jobs_after_status` is every job a status change queues, for both writers of status
-callbacks (callbacks.apply_status, one call in an ORM session; callbacks.StatusIngest, many
-calls in one Core transaction, the hot path): the price of a completed call, a batch call's
-outcome, the end of a warm transfer's human leg the callee left. The project's webhook event
-(events.call_changed) and HubSpot's sync (callbacks._sync_if_final) go with them; the analysis
-follows the transcript (app/conversation/transcript.py).
+Changed: `status_applied` is what follows one applied status callback (callbacks.apply_status,
+one call in an ORM session): the jobs of `jobs_after_status` (the price of a completed call, a
+batch call's outcome, the end of a warm transfer's human leg the callee left), the project's
+webhook event (events.call_changed) and HubSpot's sync (`final_sync`). The hot path,
+callbacks.StatusIngest (many calls in one Core transaction), takes the same jobs and sync from
+here and writes the webhook events of a batch in one statement. The analysis follows the
+transcript, once the conversation is over (app/conversation/transcript.py).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.call import status as states
+from app.call.analysis import has_conversation
 from app.call.events import call_changed
 from app.call.status import CallStatus
 from app.db import utcnow
-from app.jobs.queue import enqueue, job_row
+from app.hubspot import jobs as hubspot_jobs
+from app.jobs.queue import enqueue, enqueue_many, job_row
 from app.models import Agent, Call
 
 PRICE_JOB = "call.price"
@@ -214,3 +217,30 @@ def jobs_after_status(
     if changed and leaves_human_waiting(status, transfer_sid, transfer_status):
         jobs.append(end_leg_job(call_id, project_id))
     return jobs
+
+
+async def final_sync(session: AsyncSession, call: Call) -> None:
+    """A final call goes to HubSpot now; one with a conversation goes after its analysis, with
+    the summary (app/call/analysis.py)."""
+    if call.status in states.FINAL and not has_conversation(call.transcript):
+        await hubspot_jobs.call_finished(session, call)
+
+
+async def status_applied(
+    session: AsyncSession, call: Call, *, changed: bool, completed: bool
+) -> None:
+    """What follows one status callback applied to `call` (loaded in `session`)."""
+    jobs = jobs_after_status(
+        call_id=call.id,
+        project_id=call.project_id,
+        batch_id=call.batch_id,
+        status=call.status,
+        transfer_sid=call.transfer_call_sid,
+        transfer_status=call.transfer_status,
+        changed=changed,
+        completed=completed,
+    )
+    await enqueue_many(session, jobs)
+    if changed:
+        await call_changed(session, call)
+        await final_sync(session, call)
