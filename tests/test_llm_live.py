@@ -62,7 +62,8 @@ async def test_a_turn_streams_text_then_the_tool_calls(model, llm):
     assert (second.name, second.arguments) == ("end_call", {})  # no arguments: none
     assert first.id == llm.requests[0].tool_calls[0].id
 
-    [request] = llm.requests
+    # Complete once the stand-in has written its last byte, which the client may read first.
+    [request] = await llm.wait_for_finished(1)
     assert request.headers["authorization"] == f"Bearer {API_KEY}"
     assert request.headers["content-type"] == "application/json"
     assert request.body == {

@@ -101,7 +101,9 @@ async def test_streamed_text_arrives_in_chunks_and_joins(
     assert last.usage is None  # no include_usage, no usage chunk
     assert stream.response.headers["content-type"].startswith("text/event-stream")
 
-    request = llm.last_request
+    # The stand-in records the answer complete once it has written the last byte, which the
+    # client can have read before that.
+    [request] = await llm.wait_for_finished(1)
     assert request.model == MODEL
     assert request.stream is True
     assert request.temperature == 0.3
