@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 
 from app.batch.dialer import AGAIN, BUSY, DONE, BatchDialer, Claim, MemoryPacer
 from app.batch.lifecycle import RowState
-from app.batch.schemas import BatchRowOut
-from app.models import Agent, Batch, BatchRow, Call, Job, Project
+from app.batch.schemas import BatchOut, BatchRowOut
+from app.models import Agent, Batch, BatchRow, BatchStatus, Call, Job, Project
 from tests.factories import (
     CallingAgent,
     api_key_for,
@@ -636,3 +636,8 @@ def test_the_api_schema_lists_every_row_state() -> None:
     # BatchRowOut.state is a Literal (an inline enum in the OpenAPI document); the code names
     # the states through RowState. One list, in the same order.
     assert get_args(BatchRowOut.model_fields["state"].annotation) == tuple(RowState)
+
+
+def test_the_api_schema_lists_every_batch_status() -> None:
+    # The same for the batch's own status: the code's BatchStatus, the API's Literal.
+    assert get_args(BatchOut.model_fields["status"].annotation) == tuple(BatchStatus)

@@ -62,7 +62,7 @@ from app.hubspot import service as hubspot_service
 from app.integrations.twilio.errors import TelephonyNotConfigured, TwilioRejected
 from app.integrations.twilio.types import PlacedCall
 from app.jobs.queue import enqueue_many
-from app.models import Agent, Batch, BatchRow, Call, Job, Project
+from app.models import Agent, Batch, BatchRow, BatchStatus, Call, Job, Project
 from app.phone_number.service import number_of_agent
 
 log = logging.getLogger("talkstack.batch.dialer")
@@ -227,7 +227,7 @@ class BatchDialer:
                 return
             batch.dial_job_id = None
             wake = None
-            if batch.status == "running":
+            if batch.status == BatchStatus.RUNNING:
                 wake = await lifecycle.next_dial_time(session, batch, now)
             if wake is None:
                 await lifecycle.finish_if_done(session, batch, utcnow())
@@ -242,7 +242,7 @@ class BatchDialer:
         async with self.ctx.sessionmaker() as session, session.begin():
             # Locked: a claim never crosses a pause or cancel that has committed.
             batch = await session.get(Batch, batch_id, with_for_update=True)
-            if batch is None or batch.status != "running":
+            if batch is None or batch.status != BatchStatus.RUNNING:
                 return DONE
             window = CallWindow.load(batch.call_window)
             if window is not None and not window.is_open(at):

@@ -15,14 +15,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.batch.campaign import CallWindow, most_attempts
 from app.jobs.queue import JobStatus, enqueue
-from app.models import Batch, BatchRow, Job
+from app.models import Batch, BatchRow, BatchStatus, Job
 
 log = logging.getLogger("talkstack.batch")
 
 DIAL_JOB = "batch.dial"
 DIAL_JOB_ATTEMPTS = 50
 # Batch statuses that still have rows to dial or outcomes to wait for.
-OPEN = ("running", "paused")
+OPEN = (BatchStatus.RUNNING, BatchStatus.PAUSED)
 
 
 class RowState(StrEnum):
@@ -109,6 +109,6 @@ async def finish_if_done(session: AsyncSession, batch: Batch, now: datetime) -> 
         )
         if await session.scalar(select(undecided)):
             return False
-    batch.status, batch.finished_at, batch.dial_job_id = "completed", now, None
+    batch.status, batch.finished_at, batch.dial_job_id = BatchStatus.COMPLETED, now, None
     log.info("batch %s completed", batch.id)
     return True

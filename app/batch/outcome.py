@@ -24,7 +24,7 @@ from app.batch.campaign import load_retry
 from app.batch.lifecycle import RowState
 from app.call.status import FINAL
 from app.db import utcnow
-from app.models import Batch, BatchRow, Call, Job
+from app.models import Batch, BatchRow, BatchStatus, Call, Job
 
 if TYPE_CHECKING:
     from app.context import AppContext
@@ -73,7 +73,7 @@ async def decide(ctx: AppContext, job: Job) -> None:
                 "batch row %s: %s after call %d of %d; calling again at %s",
                 row.id, status, row.call_attempts, rule.attempts, at.isoformat(),
             )  # fmt: skip
-            if batch.status == "running":
+            if batch.status == BatchStatus.RUNNING:
                 await lifecycle.wake_dialer(session, batch, at)
             return
         row.outcome = status

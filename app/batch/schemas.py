@@ -10,6 +10,7 @@ from app.batch.lifecycle import UNDECIDED, RowState
 from app.models import Batch, BatchRow
 from app.timefmt import iso_ms
 
+# The values of app.models.BatchStatus, inline in the OpenAPI document (a test keeps them equal).
 BatchStatus = Literal["running", "paused", "completed", "canceled"]
 
 

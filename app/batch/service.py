@@ -24,7 +24,7 @@ from app.context import AppContext
 from app.db import utcnow
 from app.errors import AppError, BadRequest, Conflict
 from app.hubspot import service as hubspot_service
-from app.models import Agent, Batch, BatchRow, HubSpotConnection, Project, User
+from app.models import Agent, Batch, BatchRow, BatchStatus, HubSpotConnection, Project, User
 from app.phone import to_e164
 from app.phone_number.service import number_of_agent
 
@@ -147,7 +147,7 @@ async def create_batch(
         project_id=project.id,
         agent_id=agent.id,
         filename=filename[:255],
-        status="running",
+        status=BatchStatus.RUNNING,
         call_window=campaign.window.public() if campaign.window else None,
         retry=retry_public(campaign.retry) or None,
     )
@@ -187,7 +187,7 @@ async def create_batch(
     if accepted:
         await lifecycle.wake_dialer(session, batch, utcnow())
     else:
-        batch.status, batch.finished_at = "completed", utcnow()
+        batch.status, batch.finished_at = BatchStatus.COMPLETED, utcnow()
     return batch, rejected
 
 
@@ -247,10 +247,10 @@ async def rows_page(
 async def cancel(session: AsyncSession, *, batch: Batch) -> Batch:
     """Stop a batch (its row locked by the router): rows not yet dialed are canceled; calls
     already placed go on."""
-    if batch.status == "completed":
+    if batch.status == BatchStatus.COMPLETED:
         raise Conflict("The batch has already finished.", code="BATCH_FINISHED")
     if batch.status in lifecycle.OPEN:
-        batch.status = "canceled"
+        batch.status = BatchStatus.CANCELED
         batch.finished_at = utcnow()
         await session.execute(
             update(BatchRow)
@@ -264,7 +264,7 @@ async def pause(session: AsyncSession, *, batch: Batch) -> Batch:
     """Stop claiming rows; calls already placed go on (and their outcomes are still decided).
     Pausing a paused batch is harmless."""
     _still_open(batch)
-    batch.status = "paused"
+    batch.status = BatchStatus.PAUSED
     return batch
 
 
@@ -272,14 +272,14 @@ async def resume(session: AsyncSession, *, batch: Batch) -> Batch:
     """Dial a paused batch's rows again (within its call window). Resuming a running batch is
     harmless."""
     _still_open(batch)
-    if batch.status == "paused":
-        batch.status = "running"
+    if batch.status == BatchStatus.PAUSED:
+        batch.status = BatchStatus.RUNNING
         await lifecycle.wake_dialer(session, batch, utcnow())
     return batch
 
 
 def _still_open(batch: Batch) -> None:
-    if batch.status == "completed":
+    if batch.status == BatchStatus.COMPLETED:
         raise Conflict("The batch has already finished.", code="BATCH_FINISHED")
-    if batch.status == "canceled":
+    if batch.status == BatchStatus.CANCELED:
         raise Conflict("The batch was canceled.", code="BATCH_CANCELED")

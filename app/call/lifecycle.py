@@ -191,7 +191,7 @@ def leaves_human_waiting(
     return (
         status in states.FINAL
         and transfer_sid is not None
-        and (transfer_status or "queued") not in states.FINAL
+        and (transfer_status or CallStatus.QUEUED) not in states.FINAL
     )
 
 

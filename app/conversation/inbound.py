@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.call import callbacks, lifecycle
 from app.call.render import render_lenient
+from app.call.status import CallStatus
 from app.context import AppContext
 from app.conversation.documents import relay_twiml
 from app.errors import AppError
@@ -79,7 +80,9 @@ async def _inbound_call_row(session: AsyncSession, sid: str, *, lock: bool = Fal
 
 
 def _initial_status(twilio_status: str) -> str:
-    return twilio_status if twilio_status in ("ringing", "in-progress") else "ringing"
+    if twilio_status in (CallStatus.RINGING, CallStatus.IN_PROGRESS):
+        return twilio_status
+    return CallStatus.RINGING
 
 
 async def _inbound_target(

@@ -50,6 +50,7 @@ from app.call.callbacks import same_call
 from app.call.events import call_changed
 from app.call.jobs import TRANSFER_LEG
 from app.call.lifecycle import PRICE_ATTEMPTS, PRICE_JOB
+from app.call.status import CallStatus
 from app.context import AppContext
 from app.conversation.documents import relay_twiml
 from app.db import utcnow
@@ -66,16 +67,18 @@ TRANSFERRED = "transferred"
 FAILED = "transfer-failed"
 FAILED_EVENT: CallEvent = "call.transfer_failed"
 # The human's leg ended without answering.
-UNANSWERED = frozenset({"busy", "no-answer", "failed", "canceled"})
+UNANSWERED = frozenset(
+    {CallStatus.BUSY, CallStatus.NO_ANSWER, CallStatus.FAILED, CallStatus.CANCELED}
+)
 # What a transfer turn says of a human who answered but hung up before joining.
 HUNG_UP = "hung-up"
 NOBODY = "I'm sorry, nobody could take your call right now. We will get back to you. Goodbye."
 # Why the transfer failed, as the transcript says it and the agent is told.
 _WHY = {
-    "busy": "the line was busy",
-    "no-answer": "nobody answered",
-    "failed": "the call could not be connected",
-    "canceled": "the call was canceled",
+    CallStatus.BUSY: "the line was busy",
+    CallStatus.NO_ANSWER: "nobody answered",
+    CallStatus.FAILED: "the call could not be connected",
+    CallStatus.CANCELED: "the call was canceled",
     HUNG_UP: "they hung up before being connected",
 }
 
@@ -245,7 +248,7 @@ def _why_not_joined(call: Call) -> str | None:
     status = call.transfer_status or ""
     if status in UNANSWERED:
         return status
-    if status == "completed" and call.transfer_joined_at is None:
+    if status == CallStatus.COMPLETED and call.transfer_joined_at is None:
         return HUNG_UP
     return None
 
@@ -257,14 +260,14 @@ async def _leg_moved(session: AsyncSession, call: Call, params: Mapping[str, str
         log.warning("call %s: a transfer callback for another call (%s) ignored", call.id, sid)
         return False
     new = params.get("CallStatus", "")
-    if not states.advances(call.transfer_status or "queued", new):
+    if not states.advances(call.transfer_status or CallStatus.QUEUED, new):
         return False
     # The callback can beat the hand-over's transaction to storing the leg's SID.
     call.transfer_call_sid = call.transfer_call_sid or sid
     call.transfer_status = new
     if new in states.FINAL:
         call.transfer_seconds = _seconds(params.get("CallDuration"))
-    if new == "completed":
+    if new == CallStatus.COMPLETED:
         # Twilio prices a call after it ends: the same job as the call's own price.
         await enqueue(
             session,

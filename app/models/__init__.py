@@ -1,7 +1,7 @@
 """Every ORM model, one module per table; importing this package registers them all."""
 
 from app.models.agent import Agent
-from app.models.batch import Batch, BatchRow
+from app.models.batch import Batch, BatchRow, BatchStatus
 from app.models.call import Call
 from app.models.call_analysis import CallAnalysis
 from app.models.hubspot_connection import HubSpotConnection
@@ -18,6 +18,7 @@ __all__ = [
     "Agent",
     "Batch",
     "BatchRow",
+    "BatchStatus",
     "Call",
     "CallAnalysis",
     "HubSpotConnection",

@@ -2,12 +2,25 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, TimestampMixin, UTCDateTime, new_id
+
+
+class BatchStatus(StrEnum):
+    """A batch's status: running ⇄ paused → completed, or canceled (docs/api/batch-calls.md).
+
+    The API's schema lists the same values (app/batch/schemas.py; a test keeps them equal).
+    """
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    CANCELED = "canceled"
 
 
 class Batch(TimestampMixin, Base):
@@ -26,8 +39,7 @@ class Batch(TimestampMixin, Base):
     agent_id: Mapped[uuid.UUID] = mapped_column(
         Uuid, ForeignKey("agents.id", ondelete="CASCADE"), nullable=False
     )
-    # running ⇄ paused → completed, or canceled.
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=BatchStatus.RUNNING)
     filename: Mapped[str] = mapped_column(String(255), nullable=False, default="")
     total: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     accepted: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

@@ -9,8 +9,6 @@ from typing import Literal
 
 # Twilio posts to StatusCallback for these; without the list it sends `completed` only.
 STATUS_CALLBACK_EVENTS = ("initiated", "ringing", "answered", "completed")
-# Statuses after which a call never changes again (only `completed` is billed).
-FINAL_CALL_STATUSES = frozenset({"completed", "busy", "no-answer", "canceled", "failed"})
 
 
 @dataclass(frozen=True)
