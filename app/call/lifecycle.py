@@ -12,8 +12,12 @@ one call in an ORM session): the jobs of `jobs_after_status` (the price of a com
 batch call's outcome, the end of a warm transfer's human leg the callee left), the project's
 webhook event (events.call_changed) and HubSpot's sync (`final_sync`). The hot path,
 callbacks.StatusIngest (many calls in one Core transaction), takes the same jobs and sync from
-here and writes the webhook events of a batch in one statement. The analysis follows the
-transcript, once the conversation is over (app/conversation/transcript.py).
+here and writes the webhook events of a batch in one statement.
+
+Ended: `conversation_ended` is what follows a relay session's end, once its final transcript
+is stored (app/conversation/transcript.py): the reason it ended, the status that reason refines
+(`silence`), and the analysis of a conversation (app/call/analysis.py), which waits for the
+call's final status.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.call import status as states
-from app.call.analysis import has_conversation
+from app.call.analysis import ANALYZE_JOB, has_conversation
 from app.call.events import call_changed
 from app.call.status import CallStatus
 from app.db import utcnow
@@ -33,6 +37,7 @@ from app.hubspot import jobs as hubspot_jobs
 from app.jobs.queue import enqueue, enqueue_many, job_row
 from app.models import Agent, Call
 
+ANALYZE_ATTEMPTS = 8
 PRICE_JOB = "call.price"
 PRICE_ATTEMPTS = 8
 # Hang up a warm transfer's call to the human: the callee it was for is gone.
@@ -244,3 +249,23 @@ async def status_applied(
     if changed:
         await call_changed(session, call)
         await final_sync(session, call)
+
+
+async def conversation_ended(session: AsyncSession, call: Call, reason: str | None) -> None:
+    """What follows a relay session's end, its final transcript stored on `call` (locked in
+    `session`); `reason`: why the session ended, None when it is not for it to say (a failed
+    warm transfer took the callee back to the agent meanwhile)."""
+    if reason is not None:
+        call.ended_reason = reason
+        refined = states.final_status(call.status, call.answered_by, reason)
+        if refined != call.status:
+            call.status = refined
+            await call_changed(session, call)
+    if has_conversation(call.transcript):
+        await enqueue(
+            session,
+            kind=ANALYZE_JOB,
+            payload={"call_id": str(call.id)},
+            project_id=call.project_id,
+            max_attempts=ANALYZE_ATTEMPTS,
+        )

@@ -13,13 +13,10 @@ from typing import Any
 
 from sqlalchemy import or_, update
 
-from app.call import status as states
-from app.call.analysis import ANALYZE_JOB, has_conversation
-from app.call.events import call_changed
+from app.call import lifecycle
 from app.context import AppContext
 from app.conversation import voicemail
 from app.conversation.session import Conversation
-from app.jobs.queue import enqueue
 from app.models import Call
 
 log = logging.getLogger("talkstack.conversation.transcript")
@@ -113,20 +110,9 @@ class TranscriptSaver:
             transcript += others
             call.transcript = transcript
             reason = conversation.ended_reason
-            if reason is not None and not any(turn.get("transferFailed") for turn in others):
-                call.ended_reason = reason
-                refined = states.final_status(call.status, call.answered_by, reason)
-                if refined != call.status:
-                    call.status = refined
-                    await call_changed(session, call)
-            if has_conversation(transcript):
-                await enqueue(
-                    session,
-                    kind=ANALYZE_JOB,
-                    payload={"call_id": str(call.id)},
-                    project_id=call.project_id,
-                    max_attempts=8,
-                )
+            if any(turn.get("transferFailed") for turn in others):
+                reason = None
+            await lifecycle.conversation_ended(session, call, reason)
 
 
 def _written_by_others(stored: list[dict[str, Any]]) -> list[dict[str, Any]]:
