@@ -52,7 +52,7 @@ from app.batch.lifecycle import UNDECIDED, RowState
 from app.call import lifecycle as lifecycle_of_call
 from app.call.lifecycle import CHECK_GRACE, RING_SECONDS, outcome_job, schedule_check
 from app.call.render import missing_variables, render
-from app.call.service import callback_url, hubspot_properties, record_refusal
+from app.call.service import callback_url, hubspot_properties
 from app.call.status import FINAL, CallStatus
 from app.config import Settings
 from app.context import AppContext
@@ -423,7 +423,7 @@ class BatchDialer:
             row = await session.get(BatchRow, claim.row_id, with_for_update=True)
             call = await session.get(Call, claim.call_id, with_for_update=True)
             if call is not None:
-                await record_refusal(session, call, exc)
+                await lifecycle_of_call.refused(session, call, exc)
             if row is not None and row.call_id == claim.call_id:
                 row.state, row.error, row.outcome = RowState.FAILED, exc.message, CallStatus.FAILED
         log.info("batch row %s refused by Twilio: %s", claim.row_id, exc.message)

@@ -18,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.call import lifecycle
 from app.call import status as states
-from app.call.events import call_changed
 from app.call.schemas import CallOut
 from app.call.status import CallStatus
 from app.db import utcnow
@@ -340,9 +339,7 @@ async def apply_amd(session: AsyncSession, call: Call, params: Mapping[str, str]
     refined = states.final_status(call.status, answered_by)
     if refined != call.status:
         call.status = refined
-        if lifecycle.ends_batch_call(call.batch_id, True, refined):
-            await enqueue_many(session, [lifecycle.outcome_job(call.id, call.project_id, refined)])
-        await call_changed(session, call)
+        await lifecycle.status_refined(session, call)
         return True
     return False
 

@@ -3,16 +3,17 @@ what follows when its status changes.
 
 Created: `outbound` (POST /call, app/call/service.py; a batch row's call, app/batch/dialer.py)
 and `inbound` (Twilio's inbound webhook, app/conversation/inbound.py) build the row;
-`placed` records Twilio's Call SID of an outbound call; `answered_inbound` does what follows an
-inbound call's creation. Each queues the call's final check (jobs.schedule_check): a call never
-stays live because a callback was lost.
+`placed` records Twilio's Call SID of an outbound call, `refused` a call Twilio would not place;
+`answered_inbound` does what follows an inbound call's creation. Each call placed or answered
+gets its final check (`schedule_check`): a call never stays live because a callback was lost.
 
 Changed: `status_applied` is what follows one applied status callback (callbacks.apply_status,
 one call in an ORM session): the jobs of `jobs_after_status` (the price of a completed call, a
 batch call's outcome, the end of a warm transfer's human leg the callee left), the project's
 webhook event (events.call_changed) and HubSpot's sync (`final_sync`). The hot path,
 callbacks.StatusIngest (many calls in one Core transaction), takes the same jobs and sync from
-here and writes the webhook events of a batch in one statement.
+here and writes the webhook events of a batch in one statement. `status_refined` follows our
+own refinement of a final status (`voicemail`, from a late answering-machine verdict).
 
 Ended: `conversation_ended` is what follows a relay session's end, once its final transcript
 is stored (app/conversation/transcript.py): the reason it ended, the status that reason refines
@@ -33,7 +34,9 @@ from app.call.analysis import ANALYZE_JOB, has_conversation
 from app.call.events import call_changed
 from app.call.status import CallStatus
 from app.db import utcnow
+from app.errors import AppError
 from app.hubspot import jobs as hubspot_jobs
+from app.integrations.twilio.errors import TwilioRejected
 from app.jobs.queue import enqueue, enqueue_many, job_row
 from app.models import Agent, Call
 
@@ -149,6 +152,18 @@ async def answered_inbound(session: AsyncSession, call: Call, agent: Agent) -> N
     await schedule_check(session, call, max_seconds=agent.max_call_duration_seconds)
 
 
+async def refused(session: AsyncSession, call: Call, exc: AppError) -> None:
+    """Twilio did not place `call` (refused, or failed answering): the call failed, with
+    Twilio's reason, and the project's webhook hears so. Single calls and batch rows alike."""
+    call.status = CallStatus.FAILED
+    call.ended_at = utcnow()
+    call.ended_reason = "twilio-rejected" if isinstance(exc, TwilioRejected) else "twilio-error"
+    twilio_code = exc.extra.get("twilioCode")
+    call.error_code = str(twilio_code) if twilio_code is not None else exc.code
+    call.error_message = exc.message
+    await call_changed(session, call)
+
+
 # -- changed ------------------------------------------------------------------------------------
 
 
@@ -222,6 +237,14 @@ def jobs_after_status(
     if changed and leaves_human_waiting(status, transfer_sid, transfer_status):
         jobs.append(end_leg_job(call_id, project_id))
     return jobs
+
+
+async def status_refined(session: AsyncSession, call: Call) -> None:
+    """What follows our refinement of a final status (`voicemail` from Twilio's late answering
+    machine verdict): a batch call's outcome is decided again; the project's webhook hears."""
+    if ends_batch_call(call.batch_id, True, call.status):
+        await enqueue_many(session, [outcome_job(call.id, call.project_id, call.status)])
+    await call_changed(session, call)
 
 
 async def final_sync(session: AsyncSession, call: Call) -> None:

@@ -10,14 +10,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.call import lifecycle
-from app.call.events import call_changed
 from app.call.render import missing_variables, placeholders, render
-from app.call.status import CallStatus
 from app.context import AppContext
-from app.db import utcnow
 from app.errors import AppError, BadRequest, NotFound
 from app.hubspot import service as hubspot
-from app.integrations.twilio.errors import TwilioRejected
 from app.models import Agent, Call, Project, User
 from app.phone import to_e164
 from app.phone_number.service import number_of_agent
@@ -158,7 +154,7 @@ async def place_call(
         async with ctx.sessionmaker() as session:
             row = await session.get(Call, call.id)
             assert row is not None
-            await record_refusal(session, row, exc)
+            await lifecycle.refused(session, row, exc)
             await session.commit()
         log.info("call %s refused by Twilio: %s", call.id, exc.code)
         raise
@@ -168,18 +164,6 @@ async def place_call(
         await lifecycle.placed(session, row, placed.sid, prepared.agent)
         await session.commit()
         return row
-
-
-async def record_refusal(session: AsyncSession, call: Call, exc: AppError) -> None:
-    """Twilio did not place `call` (refused, or failed answering): the call failed, with
-    Twilio's reason, and the project's webhook hears so. Single calls and batch rows alike."""
-    call.status = CallStatus.FAILED
-    call.ended_at = utcnow()
-    call.ended_reason = "twilio-rejected" if isinstance(exc, TwilioRejected) else "twilio-error"
-    twilio_code = exc.extra.get("twilioCode")
-    call.error_code = str(twilio_code) if twilio_code is not None else exc.code
-    call.error_message = exc.message
-    await call_changed(session, call)
 
 
 async def get_call(session: AsyncSession, *, user: User, sid: str, project: Project | None) -> Call:
