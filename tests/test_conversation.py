@@ -693,6 +693,44 @@ async def test_the_analysis_job_is_queued_once_per_finished_conversation(
     assert jobs[0].payload == {"call_id": str((await call_row(app, sid)).id)}
 
 
+async def _analysis_jobs(app) -> list[Job]:
+    async with app.state.ctx.sessionmaker() as s:
+        return list((await s.scalars(select(Job).where(Job.kind == "call.analyze"))).all())
+
+
+@pytest.mark.parametrize("final_status_first", [False, True], ids=["relay-first", "status-first"])
+async def test_the_analysis_is_queued_by_the_second_of_the_conversations_end_and_the_final_status(
+    app, client, live, setup, twilio_standin, llm, final_status_first
+):
+    # Whichever comes second queues the job, in its transaction: the job never runs before
+    # the call's status is final, so it never waits (or retries) for it.
+    sid = await dial(client, setup, name="John")
+    relay = await answer(twilio_standin, client, live, sid)
+    if final_status_first:
+        # The callee hangs up: Twilio's final status can come before the socket's close.
+        llm.reply_text("Friday it is.")
+        await relay.say("Two of us, Friday please.")
+        assert await relay.reply() == "Friday it is."
+        await status(twilio_standin, client, sid, "completed", CallDuration="20")
+        assert await _analysis_jobs(app) == []  # the conversation is not over yet
+        assert (await call_row(app, sid)).analysis_state is None
+        await relay.ws.close()
+    else:
+        llm.reply_tool_call("end_call", text="Booked for Friday, bye.")
+        await relay.say("Two of us, Friday please.")
+        await relay.ended()
+        await relay.finish()
+        assert await _analysis_jobs(app) == []  # the status is not final yet
+        call = await call_row(app, sid)
+        assert call.status not in ("completed", "silence") and call.analysis_state == "waiting"
+        await status(twilio_standin, client, sid, "completed", CallDuration="20")
+    call = await eventually(app, sid, lambda c: c.data != {}, within=3)
+    jobs = await _analysis_jobs(app)
+    assert len(jobs) == 1
+    assert jobs[0].attempts == 1 and jobs[0].last_error is None  # ran once, no waiting
+    assert call.analysis_state == "queued" and call.status == "completed"
+
+
 # -- saving the transcript during the call -------------------------------------------------
 
 

@@ -33,7 +33,8 @@ log = logging.getLogger("talkstack.analysis")
 
 ANALYZE_JOB = "call.analyze"
 SENTIMENTS = ("positive", "neutral", "negative")
-# How long the analysis job waits for Twilio's final status after the conversation ended.
+# The job is queued once the call's status is final (app/call/lifecycle.py). A job queued by an
+# earlier version, at the conversation's end, may find it not yet final: it waits this many tries.
 FINAL_STATUS_WAIT_ATTEMPTS = 4
 
 Question = dict[str, Any]
@@ -233,7 +234,7 @@ async def run_analysis_job(ctx: AppContext, job: Any) -> None:
         if call is None or not has_conversation(call.transcript):
             return
         if call.status not in states.FINAL and job.attempts < FINAL_STATUS_WAIT_ATTEMPTS:
-            # The conversation is over; Twilio's final status follows within seconds.
+            # A job of before analysis_state: Twilio's final status follows within seconds.
             raise RetryLater(delay=5.0 * job.attempts, reason="waiting for the final status")
         agent = await session.get(Agent, call.agent_id) if call.agent_id else None
         questions = list(agent.analysis_questions) if agent is not None else []

@@ -25,6 +25,7 @@ from app.hubspot import jobs as hubspot_jobs
 from app.integrations.webhooks import sender as webhooks
 from app.jobs.queue import enqueue_many
 from app.models import Call, Project
+from app.models.call import AnalysisState
 
 log = logging.getLogger("talkstack.call.callbacks")
 
@@ -56,6 +57,7 @@ class StatusUpdate:
     values: dict[str, Any]  # the columns to write; empty: nothing changes
     changed: bool  # the status moved: the project's webhook hears about it
     completed: bool  # Twilio says completed: its price is to be fetched
+    analyse: bool = False  # final, its conversation over: the analysis job is to be queued
 
 
 def status_update(
@@ -65,6 +67,7 @@ def status_update(
     last_sequence: int,
     answered_by: str | None,
     ended_reason: str | None,
+    analysis_state: str | None,
     params: Mapping[str, str],
 ) -> StatusUpdate:
     """The changes a status callback makes to a call in this state: forward only, in
@@ -83,12 +86,18 @@ def status_update(
     values["status"] = states.final_status(new, answered_by, ended_reason)
     if new == CallStatus.IN_PROGRESS:
         values["answered_at"] = when
+    analyse = False
     if new in states.FINAL:
         values["ended_at"] = when
         values["seconds"] = _int(params.get("CallDuration")) or 0
         values["ended_reason"] = ended_reason or new
+        if analysis_state == AnalysisState.WAITING:
+            values["analysis_state"] = AnalysisState.QUEUED
+            analyse = True
     # Twilio prices a call after it ends, sometimes minutes later: ask for it then.
-    return StatusUpdate(values, changed=True, completed=new == CallStatus.COMPLETED)
+    return StatusUpdate(
+        values, changed=True, completed=new == CallStatus.COMPLETED, analyse=analyse
+    )
 
 
 async def load_for_callback(
@@ -114,12 +123,13 @@ async def apply_status(session: AsyncSession, call: Call, params: Mapping[str, s
         last_sequence=call.last_sequence,
         answered_by=call.answered_by,
         ended_reason=call.ended_reason,
+        analysis_state=call.analysis_state,
         params=params,
     )
     for column, value in change.values.items():
         setattr(call, column, value)
     await lifecycle.status_applied(
-        session, call, changed=change.changed, completed=change.completed
+        session, call, changed=change.changed, completed=change.completed, analyse=change.analyse
     )
     return change.changed
 
@@ -247,6 +257,7 @@ class StatusIngest:
                     last_sequence=call["last_sequence"],
                     answered_by=call["answered_by"],
                     ended_reason=call["ended_reason"],
+                    analysis_state=call["analysis_state"],
                     params=callback.params,
                 )
                 values = change.values
@@ -263,6 +274,7 @@ class StatusIngest:
                     transfer_status=call["transfer_status"],
                     changed=change.changed,
                     completed=change.completed,
+                    analyse=change.analyse,
                 )
                 if change.changed:
                     # The call as it is now, for its event: read-only, so a plain namespace of

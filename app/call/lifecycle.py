@@ -17,8 +17,10 @@ own refinement of a final status (`voicemail`, from a late answering-machine ver
 
 Ended: `conversation_ended` is what follows a relay session's end, once its final transcript
 is stored (app/conversation/transcript.py): the reason it ended, the status that reason refines
-(`silence`), and the analysis of a conversation (app/call/analysis.py), which waits for the
-call's final status.
+(`silence`), and the analysis of a conversation (app/call/analysis.py). The analysis needs both
+the conversation's end and the call's final status; whichever comes second queues it, in its
+transaction (`Call.analysis_state` says the first has come), so it runs once, at once, and a
+crash between the two loses nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from app.hubspot import jobs as hubspot_jobs
 from app.integrations.twilio.errors import TwilioRejected
 from app.jobs.queue import enqueue, enqueue_many, job_row
 from app.models import Agent, Call
+from app.models.call import AnalysisState
 
 ANALYZE_ATTEMPTS = 8
 PRICE_JOB = "call.price"
@@ -167,6 +170,15 @@ async def refused(session: AsyncSession, call: Call, exc: AppError) -> None:
 # -- changed ------------------------------------------------------------------------------------
 
 
+def analysis_job(call_id: uuid.UUID, project_id: uuid.UUID) -> dict[str, Any]:
+    return job_row(
+        kind=ANALYZE_JOB,
+        payload={"call_id": str(call_id)},
+        project_id=project_id,
+        max_attempts=ANALYZE_ATTEMPTS,
+    )
+
+
 def price_job(call_id: uuid.UUID, project_id: uuid.UUID) -> dict[str, Any]:
     return job_row(
         kind=PRICE_JOB,
@@ -225,10 +237,14 @@ def jobs_after_status(
     transfer_status: str | None,
     changed: bool,
     completed: bool,
+    analyse: bool = False,
 ) -> list[dict[str, Any]]:
     """The jobs one applied status callback queues, in its transaction (`status` is the
-    call's status after it; `completed`: Twilio said completed, the price is to be fetched)."""
+    call's status after it; `completed`: Twilio said completed, the price is to be fetched;
+    `analyse`: the status is final and the conversation over, the analysis is due)."""
     jobs: list[dict[str, Any]] = []
+    if analyse:
+        jobs.append(analysis_job(call_id, project_id))
     if completed:
         # Twilio prices a call after it ends, sometimes minutes later.
         jobs.append(price_job(call_id, project_id))
@@ -255,7 +271,7 @@ async def final_sync(session: AsyncSession, call: Call) -> None:
 
 
 async def status_applied(
-    session: AsyncSession, call: Call, *, changed: bool, completed: bool
+    session: AsyncSession, call: Call, *, changed: bool, completed: bool, analyse: bool = False
 ) -> None:
     """What follows one status callback applied to `call` (loaded in `session`)."""
     jobs = jobs_after_status(
@@ -267,6 +283,7 @@ async def status_applied(
         transfer_status=call.transfer_status,
         changed=changed,
         completed=completed,
+        analyse=analyse,
     )
     await enqueue_many(session, jobs)
     if changed:
@@ -284,11 +301,12 @@ async def conversation_ended(session: AsyncSession, call: Call, reason: str | No
         if refined != call.status:
             call.status = refined
             await call_changed(session, call)
-    if has_conversation(call.transcript):
-        await enqueue(
-            session,
-            kind=ANALYZE_JOB,
-            payload={"call_id": str(call.id)},
-            project_id=call.project_id,
-            max_attempts=ANALYZE_ATTEMPTS,
-        )
+    if not has_conversation(call.transcript):
+        return
+    if call.status in states.FINAL:
+        # The final status came first (or this is a later session's end): analyse it now.
+        call.analysis_state = AnalysisState.QUEUED
+        await enqueue_many(session, [analysis_job(call.id, call.project_id)])
+    elif call.analysis_state is None:
+        # Twilio's final status follows within seconds and queues it (callbacks.status_update).
+        call.analysis_state = AnalysisState.WAITING

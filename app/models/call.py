@@ -34,6 +34,14 @@ class CallStatus(StrEnum):
     SILENCE = "silence"
 
 
+class AnalysisState(StrEnum):
+    """Where a call's analysis stands (app/call/lifecycle.py): the conversation is over and
+    the analysis waits for the call's final status, or the analysis job is queued."""
+
+    WAITING = "waiting"
+    QUEUED = "queued"
+
+
 class Call(TimestampMixin, Base):
     """One phone call, outbound or inbound. `created_at` is its start time for history."""
 
@@ -93,6 +101,9 @@ class Call(TimestampMixin, Base):
     # When the human joined the conference (Twilio's participant-join): a leg that ends
     # `completed` without it hung up during the briefing, and the callee goes back to the agent.
     transfer_joined_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Null until a conversation ends; then AnalysisState: the analysis job is queued by whichever
+    # comes second, the conversation's end or the call's final status, in its transaction.
+    analysis_state: Mapped[str | None] = mapped_column(String(16))
     # HubSpot (app/hubspot): the contact called (given to makeCall, or found by the number) and
     # the call engagement logged for this call, so a retried sync updates instead of duplicating.
     hubspot_contact_id: Mapped[str | None] = mapped_column(String(32))
