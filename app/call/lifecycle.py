@@ -170,44 +170,33 @@ async def refused(session: AsyncSession, call: Call, exc: AppError) -> None:
 # -- changed ------------------------------------------------------------------------------------
 
 
-def analysis_job(call_id: uuid.UUID, project_id: uuid.UUID) -> dict[str, Any]:
+def _call_job(
+    kind: str, call_id: uuid.UUID, project_id: uuid.UUID, attempts: int
+) -> dict[str, Any]:
+    """The row of a job about one call (its payload: the call's id)."""
     return job_row(
-        kind=ANALYZE_JOB,
-        payload={"call_id": str(call_id)},
-        project_id=project_id,
-        max_attempts=ANALYZE_ATTEMPTS,
+        kind=kind, payload={"call_id": str(call_id)}, project_id=project_id, max_attempts=attempts
     )
+
+
+def analysis_job(call_id: uuid.UUID, project_id: uuid.UUID) -> dict[str, Any]:
+    return _call_job(ANALYZE_JOB, call_id, project_id, ANALYZE_ATTEMPTS)
 
 
 def price_job(call_id: uuid.UUID, project_id: uuid.UUID) -> dict[str, Any]:
-    return job_row(
-        kind=PRICE_JOB,
-        payload={"call_id": str(call_id)},
-        project_id=project_id,
-        max_attempts=PRICE_ATTEMPTS,
-    )
+    return _call_job(PRICE_JOB, call_id, project_id, PRICE_ATTEMPTS)
 
 
 def outcome_job(call_id: uuid.UUID, project_id: uuid.UUID, status: str) -> dict[str, Any]:
     """The job row deciding a batch call's outcome: `status` is its new final status."""
-    row = job_row(
-        kind=OUTCOME_JOB,
-        payload={"call_id": str(call_id)},
-        project_id=project_id,
-        max_attempts=OUTCOME_ATTEMPTS,
-    )
+    row = _call_job(OUTCOME_JOB, call_id, project_id, OUTCOME_ATTEMPTS)
     if status == CallStatus.COMPLETED:
         row["next_attempt_at"] = row["next_attempt_at"] + AMD_GRACE
     return row
 
 
 def end_leg_job(call_id: uuid.UUID, project_id: uuid.UUID) -> dict[str, Any]:
-    return job_row(
-        kind=END_LEG_JOB,
-        payload={"call_id": str(call_id)},
-        project_id=project_id,
-        max_attempts=END_LEG_ATTEMPTS,
-    )
+    return _call_job(END_LEG_JOB, call_id, project_id, END_LEG_ATTEMPTS)
 
 
 def ends_batch_call(batch_id: uuid.UUID | None, changed: bool, status: str) -> bool:
