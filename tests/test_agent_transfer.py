@@ -193,6 +193,15 @@ async def warm_transfer_to_handoff(
     return WarmCall(setup, sid, relay, end["handoffData"])
 
 
+async def on_hold(app, client, mailbox, live, twilio_standin, llm) -> tuple[WarmCall, str]:
+    """A warm transfer under way: the callee on hold (the session's end saved), the human's
+    call placed; its Call SID."""
+    warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
+    await warm.relay.finish(handoff=warm.handoff)
+    await eventually(app, warm.sid, lambda c: len(c.transcript) == 3)
+    return warm, str(twilio_standin.call_sids[-1])
+
+
 async def leg_status(twilio_standin, client, human_sid: str, status: str, **fields: Any) -> None:
     """Twilio reports the progress of the human's call (to its own status callback)."""
     cb = twilio_standin.callback(human_sid, "status", CallStatus=status, **fields)
@@ -227,10 +236,27 @@ async def test_a_warm_transfer_briefs_the_human_then_joins_them_in_a_conference(
     leg = ET.fromstring(human["Twiml"][0])  # noqa: S314
     say = leg.find("Say")
     assert say is not None and "John disputes his last invoice." in (say.text or "")
-    joined = leg.find("Dial/Conference")
-    assert joined is not None and joined.text == room
-    assert joined.attrib["startConferenceOnEnter"] == "true"
+    redirect = leg.find("Redirect")
+    assert redirect is not None and redirect.attrib["method"] == "POST"
+    assert redirect.text == f"https://talkstack.test/twilio/calls/{call.id}/transfer-briefed"
+    assert leg.find("Dial") is None  # put through only once briefed
     assert (call.ended_reason, call.transferred_to) == ("transferred", HUMAN)
+    assert call.transfer_joined_at is None
+
+    # Briefed, Twilio asks what comes next: the human joins (and starts) the conference.
+    human_sid = twilio_standin.call_sids[-1]
+    joined = await briefed(twilio_standin, client, call_sid=human_sid)
+    assert joined.text == room and joined.attrib["startConferenceOnEnter"] == "true"
+    assert joined.attrib["endConferenceOnExit"] == "true"
+    # Twilio's participant-join comes there too: a second witness.
+    assert joined.attrib["statusCallback"] == (
+        f"https://talkstack.test/twilio/calls/{call.id}/transfer-joined"
+    )
+    assert (joined.attrib["statusCallbackEvent"], joined.attrib["statusCallbackMethod"]) == (
+        "join",
+        "POST",
+    )
+    assert (await call_row(app, warm.sid)).transfer_joined_at is not None
 
 
 async def events_of(receiver: WebhookReceiver, *names: str, within: float = 10.0) -> list[Any]:
@@ -497,12 +523,43 @@ async def test_the_call_object_documents_the_transfer_fields(client):
 # -- the human hangs up during the briefing; the callee hangs up while the human rings --------
 
 
+def briefing_redirect(twilio_standin) -> str:
+    """Where the human's leg goes after the briefing (its TwiML's <Redirect>)."""
+    leg = ET.fromstring(twilio_standin.created_calls[-1]["Twiml"][0])  # noqa: S314
+    redirect = leg.find("Redirect")
+    assert redirect is not None and redirect.text
+    return redirect.text
+
+
+async def briefing_ends(twilio_standin, client, *, call_sid: str) -> str:
+    """Twilio follows the human's <Redirect> once the briefing is said: signed, with the
+    parameters of a call in progress; the TwiML answered."""
+    params = {
+        "AccountSid": twilio_standin.account_sid,
+        "CallSid": call_sid,
+        "CallStatus": "in-progress",
+        "Direction": "outbound-api",
+        "To": HUMAN,
+        "From": FROM,
+    }
+    r = await post_signed(twilio_standin, client, briefing_redirect(twilio_standin), params)
+    assert r.status_code == 200, r.text
+    return r.text
+
+
+async def briefed(twilio_standin, client, *, call_sid: str) -> ET.Element:
+    """The human's leg after the briefing: the <Conference> it was put through to."""
+    conf = ET.fromstring(await briefing_ends(twilio_standin, client, call_sid=call_sid)).find(  # noqa: S314
+        "Dial/Conference"
+    )
+    assert conf is not None
+    return conf
+
+
 async def human_joins(twilio_standin, client, warm: WarmCall, *, call_sid: str) -> None:
     """Twilio's conference event for a participant joining: posted to the statusCallback of
     the human's <Conference>, signed, with the parameters Twilio sends."""
-    leg = ET.fromstring(twilio_standin.created_calls[-1]["Twiml"][0])  # noqa: S314
-    conf = leg.find("Dial/Conference")
-    assert conf is not None
+    conf = await briefed(twilio_standin, client, call_sid=call_sid)
     params = {
         "AccountSid": twilio_standin.account_sid,
         "ConferenceSid": "CF" + "4" * 32,
@@ -530,18 +587,10 @@ async def test_the_human_hanging_up_during_the_briefing_takes_the_callee_back_to
     await warm.relay.finish(handoff=warm.handoff)
     call = await eventually(app, warm.sid, lambda c: len(c.transcript) == 3)
     human_sid = twilio_standin.call_sids[-1]
-    # Twilio tells this server when the human, briefed, joins the conference.
-    conf = ET.fromstring(twilio_standin.created_calls[-1]["Twiml"][0]).find("Dial/Conference")  # noqa: S314
-    assert conf is not None
-    assert conf.attrib["statusCallback"] == (
-        f"https://talkstack.test/twilio/calls/{call.id}/transfer-joined"
-    )
-    assert (conf.attrib["statusCallbackEvent"], conf.attrib["statusCallbackMethod"]) == (
-        "join",
-        "POST",
-    )
-    # A join of some other call (signed, to the right URL) is not the human's.
-    await human_joins(twilio_standin, client, warm, call_sid="CA" + "9" * 32)
+    # The end of a briefing of some other call (signed, to the right URL) puts nobody through.
+    stray = await briefing_ends(twilio_standin, client, call_sid="CA" + "9" * 32)
+    assert "<Hangup" in stray and "<Conference" not in stray
+    assert (await call_row(app, warm.sid)).transfer_joined_at is None
 
     # The human answers, then hangs up during the briefing: their call ends `completed`.
     await leg_status(twilio_standin, client, human_sid, "in-progress")
@@ -567,10 +616,7 @@ async def test_the_human_hanging_up_during_the_briefing_takes_the_callee_back_to
 async def test_a_human_who_joined_the_callee_ends_the_transfer_as_done(
     app, client, mailbox, live, twilio_standin, llm
 ):
-    warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
-    await warm.relay.finish(handoff=warm.handoff)
-    await eventually(app, warm.sid, lambda c: len(c.transcript) == 3)
-    human_sid = twilio_standin.call_sids[-1]
+    warm, human_sid = await on_hold(app, client, mailbox, live, twilio_standin, llm)
     await leg_status(twilio_standin, client, human_sid, "in-progress")
     await human_joins(twilio_standin, client, warm, call_sid=human_sid)
     joined = (await call_row(app, warm.sid)).transfer_joined_at
@@ -586,6 +632,39 @@ async def test_a_human_who_joined_the_callee_ends_the_transfer_as_done(
         3,
     )
     assert twilio_standin.redirects(warm.sid) == []
+
+
+async def test_a_human_put_through_is_transferred_even_if_the_conference_event_is_lost(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    # Twilio's participant-join never comes: the briefing's end already recorded the join.
+    warm, human_sid = await on_hold(app, client, mailbox, live, twilio_standin, llm)
+    await leg_status(twilio_standin, client, human_sid, "in-progress")
+    await briefed(twilio_standin, client, call_sid=human_sid)
+    await leg_status(twilio_standin, client, human_sid, "completed", CallDuration="180")
+
+    call = await call_row(app, warm.sid)
+    assert (call.ended_reason, call.transfer_status, len(call.transcript)) == (
+        "transferred",
+        "completed",
+        3,
+    )
+    assert call.transfer_joined_at is not None
+    assert twilio_standin.redirects(warm.sid) == []  # the callee was not taken back
+
+
+async def test_a_human_briefed_after_the_callee_hung_up_is_told_and_not_put_through(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    warm, human_sid = await on_hold(app, client, mailbox, live, twilio_standin, llm)
+    await leg_status(twilio_standin, client, human_sid, "in-progress")
+    await callee_hangs_up(twilio_standin, client, warm)
+
+    document = ET.fromstring(await briefing_ends(twilio_standin, client, call_sid=human_sid))  # noqa: S314
+    say = document.find("Say")
+    assert say is not None and say.text == "The caller has already hung up. Goodbye."
+    assert document.find("Hangup") is not None and document.find("Dial") is None
+    assert (await call_row(app, warm.sid)).transfer_joined_at is None
 
 
 async def callee_hangs_up(twilio_standin, client, warm: WarmCall) -> None:
@@ -609,10 +688,7 @@ async def test_a_callee_who_hangs_up_before_the_human_joins_ends_the_humans_call
     app, client, mailbox, live, twilio_standin, llm, human
 ):
     """Nobody picks up (or finishes the briefing) into an empty conference."""
-    warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
-    await warm.relay.finish(handoff=warm.handoff)
-    await eventually(app, warm.sid, lambda c: len(c.transcript) == 3)
-    human_sid = twilio_standin.call_sids[-1]
+    warm, human_sid = await on_hold(app, client, mailbox, live, twilio_standin, llm)
     await leg_status(twilio_standin, client, human_sid, "ringing")
     if human == "in-progress":
         await leg_status(twilio_standin, client, human_sid, "in-progress")
@@ -631,10 +707,7 @@ async def test_a_callee_who_hangs_up_before_the_human_joins_ends_the_humans_call
 async def test_a_callee_who_hangs_up_after_the_human_leg_ended_asks_twilio_nothing_more(
     app, client, mailbox, live, twilio_standin, llm
 ):
-    warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
-    await warm.relay.finish(handoff=warm.handoff)
-    await eventually(app, warm.sid, lambda c: len(c.transcript) == 3)
-    human_sid = twilio_standin.call_sids[-1]
+    warm, human_sid = await on_hold(app, client, mailbox, live, twilio_standin, llm)
     await leg_status(twilio_standin, client, human_sid, "in-progress")
     await human_joins(twilio_standin, client, warm, call_sid=human_sid)
     await leg_status(twilio_standin, client, human_sid, "completed", CallDuration="95")
@@ -682,15 +755,20 @@ async def test_a_late_final_save_of_the_first_session_keeps_the_failed_transfer(
     assert call.ended_reason is None  # the callee is back with the agent
 
 
-async def test_a_conference_event_without_twilios_signature_is_refused_and_changes_nothing(
+async def test_a_briefing_end_or_conference_event_without_twilios_signature_changes_nothing(
     app, client, mailbox, live, twilio_standin, llm
 ):
     warm = await warm_transfer_to_handoff(app, client, mailbox, live, twilio_standin, llm)
     await warm.relay.finish(handoff=warm.handoff)
     call = await call_row(app, warm.sid)
-    params = {"StatusCallbackEvent": "participant-join", "CallSid": twilio_standin.call_sids[-1]}
-    path = f"/twilio/calls/{call.id}/transfer-joined"
-    for headers in ({}, {"X-Twilio-Signature": "bm90IGEgc2lnbmF0dXJl"}):
-        r = await client.post(path, data=params, headers=headers)
-        assert r.status_code == 403, r.text
+    human_sid = twilio_standin.call_sids[-1]
+    joined = {"StatusCallbackEvent": "participant-join", "CallSid": human_sid}
+    briefed = {"CallSid": human_sid, "CallStatus": "in-progress"}
+    for path, params in (
+        (f"/twilio/calls/{call.id}/transfer-joined", joined),
+        (f"/twilio/calls/{call.id}/transfer-briefed", briefed),
+    ):
+        for headers in ({}, {"X-Twilio-Signature": "bm90IGEgc2lnbmF0dXJl"}):
+            r = await client.post(path, data=params, headers=headers)
+            assert r.status_code == 403, r.text
     assert (await call_row(app, warm.sid)).transfer_joined_at is None

@@ -18,9 +18,12 @@ The human's leg of a warm transfer is a Twilio call of its own, billed on its ow
 status, duration and price are kept on the call (`transfer_*`), from its status callbacks and
 the price job.
 
-If that leg ends unanswered (busy, no answer, failed, canceled), or answered but hung up
-during the briefing (it ends `completed` without Twilio's `participant-join` of the conference,
-kept as `transfer_joined_at`), the callee goes back to the agent: a `transfer_call` turn
+The human's leg hears the briefing, then Twilio asks this server what comes next (a signed
+redirect, `human_briefed`): the answer puts them in the conference and, in the same
+transaction, keeps that they were put through (`transfer_joined_at`), so the record never
+depends on a callback that may be lost. If that leg ends unanswered (busy, no answer, failed,
+canceled), or answered but hung up during the briefing (it ends `completed` without
+`transfer_joined_at`), the callee goes back to the agent: a `transfer_call` turn
 saying why is added to the transcript, the project's webhook gets `call.transfer_failed`,
 and the callee's call is redirected to a new relay session of the same
 call, which continues the transcript; the agent, told why, speaks first. `transferredTo` stays
@@ -73,6 +76,8 @@ UNANSWERED = frozenset(
 # What a transfer turn says of a human who answered but hung up before joining.
 HUNG_UP = "hung-up"
 NOBODY = "I'm sorry, nobody could take your call right now. We will get back to you. Goodbye."
+# What the human hears after the briefing when the callee has hung up meanwhile.
+GONE = "The caller has already hung up. Goodbye."
 # Why the transfer failed, as the transcript says it and the agent is told.
 _WHY = {
     CallStatus.BUSY: "the line was busy",
@@ -109,18 +114,15 @@ async def hand_over(
     call.ended_reason = TRANSFERRED
     await call_changed(session, call, "call.transferred")
     if agent.transfer_mode == "warm":
-        room = f"talkstack-{call.id}"
         base = ctx.settings.public_base_url
         try:
             leg = await ctx.telephony.call_with_twiml(
                 to=number,
                 from_=our_number(call),
-                twiml=twiml.conference(
-                    room,
-                    starts_it=True,
-                    briefing=briefing(call, handoff),
-                    language=agent.language,
-                    joined_callback=f"{base}/twilio/calls/{call.id}/transfer-joined",
+                twiml=twiml.say_then(
+                    briefing(call, handoff),
+                    f"{base}/twilio/calls/{call.id}/transfer-briefed",
+                    agent.language,
                 ),
                 status_callback=f"{base}/twilio/calls/{call.id}/transfer-status",
             )
@@ -130,7 +132,7 @@ async def hand_over(
             call.transfer_call_sid = leg.sid
             call.transfer_status = leg.status
             log.info("call %s: warm transfer, the callee waits for the human", call.id)
-            return twiml.conference(room, starts_it=False)
+            return twiml.conference(room(call), starts_it=False)
     log.info("call %s: transferred", call.id)
     return twiml.dial(number, caller_id=our_number(call))
 
@@ -225,9 +227,44 @@ async def human_leg_status(ctx: AppContext, call_id: uuid.UUID, params: Mapping[
     log.info("call %s: the callee is back with the agent", call_id)
 
 
+def room(call: Call) -> str:
+    """The name of the call's warm-transfer conference."""
+    return f"talkstack-{call.id}"
+
+
+async def human_briefed(
+    ctx: AppContext, session: AsyncSession, call_id: uuid.UUID, params: Mapping[str, str]
+) -> str:
+    """The human heard the briefing through: put them through to the waiting callee, and keep
+    that they were (`transfer_joined_at`), in the answer's own transaction. Were this lost,
+    Twilio would get no conference to join: the record and what the human hears agree, with no
+    callback to wait for. A callee who has hung up meanwhile is said so."""
+    call = await session.get(Call, call_id, with_for_update=True)
+    if (
+        call is None
+        or call.transfer_call_sid is None
+        or params.get("CallSid") != call.transfer_call_sid
+    ):
+        log.warning("call %s: a briefing's end of another call ignored", call_id)
+        return twiml.hang_up()
+    if call.status in states.FINAL:
+        agent = await session.get(Agent, call.agent_id) if call.agent_id else None
+        return twiml.say_and_hang_up(GONE, agent.language if agent is not None else "en-US")
+    if call.transfer_joined_at is None:
+        call.transfer_joined_at = utcnow()
+        log.info("call %s: the human, briefed, is put through to the callee", call_id)
+    base = ctx.settings.public_base_url
+    return twiml.conference(
+        room(call),
+        starts_it=True,
+        joined_callback=f"{base}/twilio/calls/{call.id}/transfer-joined",
+    )
+
+
 async def human_joined(ctx: AppContext, call_id: uuid.UUID, params: Mapping[str, str]) -> None:
-    """Twilio's conference event for the human's leg: `participant-join` means the human heard
-    the briefing through and is now with the callee."""
+    """Twilio's conference event for the human's leg: `participant-join` confirms the human is
+    with the callee. The briefing's end (`human_briefed`) records it first; this event is a
+    second witness, and the only one for a transfer begun before the briefing's redirect."""
     if params.get("StatusCallbackEvent") != "participant-join":
         return
     async with ctx.sessionmaker() as session, session.begin():

@@ -98,8 +98,9 @@ class Call(TimestampMixin, Base):
     transfer_status: Mapped[str | None] = mapped_column(String(16))
     transfer_seconds: Mapped[int | None] = mapped_column(Integer)
     transfer_cost: Mapped[Decimal | None] = mapped_column(Numeric(12, 5))
-    # When the human joined the conference (Twilio's participant-join): a leg that ends
-    # `completed` without it hung up during the briefing, and the callee goes back to the agent.
+    # When the human, briefed, was put through to the conference (the briefing's redirect, or
+    # Twilio's participant-join): a leg that ends `completed` without it hung up during the
+    # briefing, and the callee goes back to the agent.
     transfer_joined_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Null until a conversation ends; then AnalysisState: the analysis job is queued by whichever
     # comes second, the conversation's end or the call's final status, in its transaction.

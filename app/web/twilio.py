@@ -129,6 +129,14 @@ async def transfer_status(call_id: uuid.UUID, params: Params, ctx: CtxDep) -> Re
     return Response(status_code=204)
 
 
+@router.post("/twilio/calls/{call_id}/transfer-briefed", responses=SIGNED, response_class=Response)
+async def transfer_briefed(
+    call_id: uuid.UUID, params: Params, ctx: CtxDep, session: SessionDep
+) -> Response:
+    """The human of a warm transfer heard the briefing: put them through to the callee."""
+    return _xml(await transfer.human_briefed(ctx, session, call_id, params))
+
+
 @router.post(
     "/twilio/calls/{call_id}/transfer-joined",
     status_code=204,

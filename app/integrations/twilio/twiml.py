@@ -74,21 +74,21 @@ def dial(number: str, *, caller_id: str, timeout_seconds: int = 30) -> str:
     return str(response.to_xml())
 
 
-def conference(
-    name: str,
-    *,
-    starts_it: bool,
-    briefing: str | None = None,
-    language: str = "en-US",
-    joined_callback: str | None = None,
-) -> str:
+def say_then(text: str, then_url: str, language: str = "en-US") -> str:
+    """Say `text`, then ask `then_url` (POST, signed) what comes next: the warm transfer's
+    briefing, after which the server puts the human through (or not)."""
+    response = VoiceResponse()
+    response.say(text, language=language)
+    response.redirect(then_url, method="POST")
+    return str(response.to_xml())
+
+
+def conference(name: str, *, starts_it: bool, joined_callback: str | None = None) -> str:
     """Join conference `name` (a warm transfer): the callee waits in it with hold music
     (`starts_it` False) until the human, briefed first, joins and starts it. Either leaving
     ends it. With `joined_callback`, Twilio posts its `participant-join` event there (the
-    Conference noun's statusCallback): whether the human got past the briefing."""
+    Conference noun's statusCallback)."""
     response = VoiceResponse()
-    if briefing:
-        response.say(briefing, language=language)
     dial = response.dial()
     events: dict[str, str] = {}
     if joined_callback is not None:
