@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from enum import StrEnum
 
 from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -16,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.batch.campaign import CallWindow, most_attempts
 from app.jobs.queue import JobStatus, enqueue
 from app.models import Batch, BatchRow, BatchStatus, Job
+from app.models.batch import RowState as RowState  # defined with the column it fills
 
 log = logging.getLogger("talkstack.batch")
 
@@ -23,18 +23,6 @@ DIAL_JOB = "batch.dial"
 DIAL_JOB_ATTEMPTS = 50
 # Batch statuses that still have rows to dial or outcomes to wait for.
 OPEN = (BatchStatus.RUNNING, BatchStatus.PAUSED)
-
-
-class RowState(StrEnum):
-    """A batch row's state, stored and shown as its value; BatchRow (app/models/batch.py)
-    describes its course."""
-
-    QUEUED = "queued"
-    DIALING = "dialing"
-    DIALED = "dialed"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    REJECTED = "rejected"
 
 
 # Rows the dialer has still to place, or to settle: the batch is not done while one is left.

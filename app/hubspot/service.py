@@ -10,7 +10,6 @@ import base64
 import logging
 import uuid
 from collections.abc import Collection
-from enum import StrEnum
 
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import select, update
@@ -28,16 +27,11 @@ from app.integrations.hubspot.errors import (
     HubSpotUpstreamError,
 )
 from app.models import Call, HubSpotConnection, Project
+from app.models.hubspot_connection import (  # defined with the column it fills
+    ConnectionStatus as ConnectionStatus,
+)
 
 log = logging.getLogger("talkstack.hubspot")
-
-
-class ConnectionStatus(StrEnum):
-    """A HubSpot connection's status (stored as its value): `broken` once HubSpot refused the
-    token; nothing is tried until the project connects again."""
-
-    CONNECTED = "connected"
-    BROKEN = "broken"
 
 
 # The last sync's result (last_sync_result).

@@ -12,7 +12,6 @@ import uuid
 import weakref
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, Engine, Table, and_, delete, event, insert, or_, select, update
@@ -21,17 +20,9 @@ from sqlalchemy.orm import Session
 
 from app.db import new_id, utcnow
 from app.models import Job
+from app.models.job import JobStatus as JobStatus  # defined with the column it fills
 
 log = logging.getLogger("talkstack.jobs")
-
-
-class JobStatus(StrEnum):
-    """A job's status (stored as its value): queued -> running -> done | queued (retry) | dead."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    DEAD = "dead"
 
 
 MAX_ERROR_LENGTH = 2000

@@ -23,6 +23,18 @@ class BatchStatus(StrEnum):
     CANCELED = "canceled"
 
 
+class RowState(StrEnum):
+    """A batch row's state, stored and shown as its value; BatchRow below describes its
+    course, app/batch/lifecycle.py moves it."""
+
+    QUEUED = "queued"
+    DIALING = "dialing"
+    DIALED = "dialed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+
+
 class Batch(TimestampMixin, Base):
     """One uploaded spreadsheet of calls (docs/api/batch-calls.md)."""
 
@@ -81,7 +93,7 @@ class BatchRow(Base):
     number: Mapped[str] = mapped_column(String(64), nullable=False)
     hubspot_contact_id: Mapped[str | None] = mapped_column(String(32))
     variables: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
-    state: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default=RowState.QUEUED)
     error: Mapped[str | None] = mapped_column(Text)
     # Claims of the current call (a dial Twilio may not have placed is claimed again).
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

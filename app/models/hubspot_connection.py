@@ -2,11 +2,20 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import BigInteger, ForeignKey, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, TimestampMixin, UTCDateTime, new_id, utcnow
+
+
+class ConnectionStatus(StrEnum):
+    """A HubSpot connection's status (stored as its value): `broken` once HubSpot refused the
+    token; nothing is tried until the project connects again."""
+
+    CONNECTED = "connected"
+    BROKEN = "broken"
 
 
 class HubSpotConnection(TimestampMixin, Base):
@@ -26,7 +35,9 @@ class HubSpotConnection(TimestampMixin, Base):
     portal_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
     # connected, or broken: HubSpot refused the token (revoked), and nothing is tried until the
     # project connects again.
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default="connected")
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False, default=ConnectionStatus.CONNECTED
+    )
     # When the current token was given (the row's created_at is the first connection).
     connected_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
     # The outcome of the last sync attempt: success or error (with the error), for /status.
