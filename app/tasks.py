@@ -14,7 +14,7 @@ from app.call import analysis
 from app.call.jobs import check_call, end_transfer_leg, fetch_price
 from app.call.lifecycle import CHECK_JOB, END_LEG_JOB, OUTCOME_JOB, PRICE_JOB
 from app.context import AppContext
-from app.conversation import voicemail
+from app.conversation import transfer, voicemail
 from app.db import make_engine, make_sessionmaker
 from app.hubspot import jobs as hubspot_jobs
 from app.integrations.webhooks import sender as webhooks
@@ -40,6 +40,7 @@ async def job_handlers(ctx: AppContext) -> AsyncIterator[dict[str, Handler]]:
             PRICE_JOB: partial(fetch_price, ctx),
             CHECK_JOB: partial(check_call, ctx),
             END_LEG_JOB: partial(end_transfer_leg, ctx),
+            transfer.LEG_CHECK_JOB: partial(transfer.check_leg, ctx),
             analysis.ANALYZE_JOB: partial(analysis.run_analysis_job, ctx),
             voicemail.VOICEMAIL_JOB: partial(voicemail.leave_message, ctx),
             hubspot_jobs.SYNC_JOB: partial(hubspot_jobs.run_sync_job, ctx),

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from app.conversation.transfer import check_leg
+from app.jobs.worker import RetryLater
+from app.models import Job
 from tests.factories import CallingAgent, call_row, calling_agent, dial, eventually, relay_settings
 from tests.standins.receiver import WebhookReceiver
 from tests.standins.twilio_relay import (
@@ -665,6 +669,73 @@ async def test_a_human_briefed_after_the_callee_hung_up_is_told_and_not_put_thro
     assert say is not None and say.text == "The caller has already hung up. Goodbye."
     assert document.find("Hangup") is not None and document.find("Dial") is None
     assert (await call_row(app, warm.sid)).transfer_joined_at is None
+
+
+# -- the human's call, when its status callbacks are lost -------------------------------------
+
+
+async def leg_check(app) -> Job:
+    async with app.state.ctx.sessionmaker() as s:
+        [job] = (await s.scalars(select(Job).where(Job.kind == "call.check_transfer_leg"))).all()
+    return job
+
+
+async def test_a_human_leg_whose_final_callback_is_lost_still_takes_the_callee_back(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    warm, human_sid = await on_hold(app, client, mailbox, live, twilio_standin, llm)
+    job = await leg_check(app)
+    # Due once the human's phone must have rung out (30 s), with half a minute's grace.
+    assert twilio_standin.created_calls[-1]["Timeout"] == ["30"]
+    assert (job.next_attempt_at - job.created_at).total_seconds() == pytest.approx(60, abs=2)
+    await leg_status(twilio_standin, client, human_sid, "ringing")
+    # Twilio gave up ringing; its no-answer callback never reached this server.
+    twilio_standin.set_call(human_sid, status="no-answer")
+
+    await check_leg(app.state.ctx, job)
+
+    assert twilio_standin.requests_to(f"/Calls/{human_sid}.json", "GET")
+    [document] = twilio_standin.redirects(warm.sid)  # back with the agent, not left on hold
+    assert RelayTwiml.parse(document).url.endswith("/relay")
+    call = await call_row(app, warm.sid)
+    assert (call.ended_reason, call.transfer_status) == (None, "no-answer")
+    assert call.transcript[-1]["transferFailed"] == "no-answer"
+    # The callback, arriving after all, changes nothing: the callee is taken back once.
+    await leg_status(twilio_standin, client, human_sid, "no-answer")
+    assert len(twilio_standin.redirects(warm.sid)) == 1
+    assert len((await call_row(app, warm.sid)).transcript) == 4
+
+
+async def test_the_humans_call_is_checked_while_it_lives_and_recorded_from_twilio(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    warm, human_sid = await on_hold(app, client, mailbox, live, twilio_standin, llm)
+    job = await leg_check(app)
+    twilio_standin.set_call(human_sid, status="ringing")
+    with pytest.raises(RetryLater) as later:
+        await check_leg(app.state.ctx, job)
+    assert later.value.delay == 20  # the callee waits: soon again
+    await leg_status(twilio_standin, client, human_sid, "in-progress")
+    await human_joins(twilio_standin, client, warm, call_sid=human_sid)
+    twilio_standin.set_call(human_sid, status="in-progress")
+    with pytest.raises(RetryLater) as later:
+        await check_leg(app.state.ctx, job)
+    assert later.value.delay == 300  # the two talk: now and then, for the record
+
+    # The two hung up; the human leg's completed callback is lost.
+    twilio_standin.set_call(human_sid, status="completed", duration="95", price="-0.02550")
+    await check_leg(app.state.ctx, job)
+
+    call = await eventually(app, warm.sid, lambda c: c.transfer_cost is not None)
+    assert (call.transfer_status, call.transfer_seconds, call.ended_reason) == (
+        "completed",
+        95,
+        "transferred",
+    )
+    assert twilio_standin.redirects(warm.sid) == []  # the human took the call
+    fetches = len(twilio_standin.requests_to(f"/Calls/{human_sid}.json", "GET"))
+    await check_leg(app.state.ctx, job)  # recorded: nothing more to ask Twilio
+    assert len(twilio_standin.requests_to(f"/Calls/{human_sid}.json", "GET")) == fetches
 
 
 async def callee_hangs_up(twilio_standin, client, warm: WarmCall) -> None:

@@ -12,6 +12,8 @@ import httpx
 import jsonschema_rs
 import pytest
 
+from app.tasks import job_handlers
+
 # Operations anyone may call. Every other one needs a credential and must say which.
 PUBLIC = {
     ("get", "/health"),
@@ -187,3 +189,15 @@ async def test_every_example_matches_its_own_schema(document: dict[str, Any]):
         )
         errors = [e.message for e in validator.iter_errors(schema["example"])]
         assert not errors, f"{name} example: {errors}"
+
+
+# --- docs/ ---------------------------------------------------------------------------------
+
+
+async def test_the_operations_page_lists_every_kind_of_job(app):
+    """An operator reads the kinds a dead job can be of in docs/operations.md."""
+    async with job_handlers(app.state.ctx) as handlers:
+        registered = set(handlers)
+    page = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z_.]+)` \|", page, re.MULTILINE))
+    assert listed == registered

@@ -35,6 +35,14 @@ transaction.
 The other way round, a callee who hangs up while the human's phone rings (or during the
 briefing) ends the human's call too (the `call.end_transfer_leg` job, queued with the callee's
 final status; app/call/jobs.py): nobody answers into an empty conference.
+
+Every one of those steps hangs on the human leg's status callbacks, and Twilio's callbacks can
+be lost (or sent while this server was down). The hand-over therefore queues, in its
+transaction, a look at Twilio's record of the human's call once it must have been answered or
+given up (`check_leg`, the `call.check_transfer_leg` job): a leg Twilio has ended is applied as
+its callback would have been, so a callee is never left on hold because one request went
+missing, and the leg's status, duration and price are kept all the same. The look is repeated
+while the leg lives: often while the callee waits, rarely once the two talk.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -51,8 +60,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.call import status as states
 from app.call.callbacks import same_call
 from app.call.events import call_changed
-from app.call.jobs import TRANSFER_LEG
-from app.call.lifecycle import PRICE_ATTEMPTS, PRICE_JOB
+from app.call.jobs import TRANSFER_LEG, TWILIO_NOT_FOUND
+from app.call.lifecycle import CHECK_GRACE, PRICE_ATTEMPTS, PRICE_JOB
 from app.call.status import CallStatus
 from app.context import AppContext
 from app.conversation.documents import relay_twiml
@@ -61,7 +70,8 @@ from app.errors import AppError
 from app.integrations.twilio import twiml
 from app.integrations.webhooks.sender import CallEvent
 from app.jobs.queue import enqueue
-from app.models import Agent, Call
+from app.jobs.worker import PermanentFailure, RetryLater
+from app.models import Agent, Call, Job
 from app.timefmt import iso_ms
 
 log = logging.getLogger("talkstack.conversation.transfer")
@@ -69,6 +79,15 @@ log = logging.getLogger("talkstack.conversation.transfer")
 TRANSFERRED = "transferred"
 FAILED = "transfer-failed"
 FAILED_EVENT: CallEvent = "call.transfer_failed"
+# How long the human's phone rings before Twilio gives up (calls.create's Timeout).
+RING_SECONDS = 30
+# A look at Twilio's record of the human's call, in case its status callback is lost: first
+# once it must have been answered or given up, then every LEG_CHECK_EVERY while the callee
+# waits, every CHECK_GRACE once the two talk (the call's own time limit bounds that).
+LEG_CHECK_JOB = "call.check_transfer_leg"
+LEG_CHECK_FIRST = timedelta(seconds=RING_SECONDS + 30)
+LEG_CHECK_EVERY = timedelta(seconds=20)
+LEG_CHECK_ATTEMPTS = 60
 # The human's leg ended without answering.
 UNANSWERED = frozenset(
     {CallStatus.BUSY, CallStatus.NO_ANSWER, CallStatus.FAILED, CallStatus.CANCELED}
@@ -125,12 +144,21 @@ async def hand_over(
                     agent.language,
                 ),
                 status_callback=f"{base}/twilio/calls/{call.id}/transfer-status",
+                ring_seconds=RING_SECONDS,
             )
         except AppError as exc:
             log.warning("call %s: the warm transfer's call failed (%s); cold", call.id, exc.message)
         else:
             call.transfer_call_sid = leg.sid
             call.transfer_status = leg.status
+            await enqueue(
+                session,
+                kind=LEG_CHECK_JOB,
+                payload={"call_id": str(call.id)},
+                project_id=call.project_id,
+                run_at=utcnow() + LEG_CHECK_FIRST,
+                max_attempts=LEG_CHECK_ATTEMPTS,
+            )
             log.info("call %s: warm transfer, the callee waits for the human", call.id)
             return twiml.conference(room(call), starts_it=False)
     log.info("call %s: transferred", call.id)
@@ -225,6 +253,45 @@ async def human_leg_status(ctx: AppContext, call_id: uuid.UUID, params: Mapping[
                 await _fail(session, call, event=None)
         return
     log.info("call %s: the callee is back with the agent", call_id)
+
+
+async def check_leg(ctx: AppContext, job: Job) -> None:
+    """The `call.check_transfer_leg` job: when Twilio has ended the human's call but its final
+    status callback has not come, apply it from Twilio's record, as the callback would have
+    been (`human_leg_status`: a callee left waiting goes back to the agent). A callback that
+    comes after all changes nothing: a status is applied once."""
+    call_id = uuid.UUID(job.payload["call_id"])
+    async with ctx.sessionmaker() as session:  # Twilio is asked outside any transaction
+        call = await session.get(Call, call_id)
+    if call is None or call.transfer_call_sid is None or call.transfer_status in states.FINAL:
+        return  # gone, or the callback came: nothing to ask Twilio
+    sid = call.transfer_call_sid
+    try:
+        facts = await ctx.telephony.fetch_call(sid)
+    except AppError as exc:
+        if exc.extra.get("twilioCode") == TWILIO_NOT_FOUND:
+            raise PermanentFailure(f"Twilio has no call {sid}") from exc
+        raise
+    if facts.status not in states.FINAL:
+        every = LEG_CHECK_EVERY if call.transfer_joined_at is None else CHECK_GRACE
+        raise RetryLater(
+            delay=every.total_seconds(), reason=f"Twilio says the human's call is {facts.status}"
+        )
+    log.warning(
+        "call %s: the human's call %s ended %s; its status callback never came",
+        call_id,
+        sid,
+        facts.status,
+    )
+    await human_leg_status(
+        ctx,
+        call_id,
+        {
+            "CallSid": sid,
+            "CallStatus": facts.status,
+            "CallDuration": str(facts.duration_seconds or 0),
+        },
+    )
 
 
 def room(call: Call) -> str:
