@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import select
 
@@ -91,6 +92,12 @@ async def test_a_cold_transfer_ends_the_relay_and_dials_the_human(
     assert dial_el is not None and dial_el.text == HUMAN
     assert dial_el.attrib["callerId"] == FROM and dial_el.attrib["answerOnBridge"] == "true"
     call = await eventually(app, sid, lambda c: c.ended_reason == "transferred")
+    # When the dialed call ends, Twilio asks this server what next.
+    assert (dial_el.attrib["action"], dial_el.attrib["method"], dial_el.attrib["timeout"]) == (
+        f"https://talkstack.test/twilio/calls/{call.id}/transfer-dialed",
+        "POST",
+        "30",
+    )
     assert call.transferred_to == HUMAN
     r = await client.post("/call", json={"sid": sid}, headers=setup.key)
     assert r.json()["transferredTo"] == HUMAN and r.json()["endedReason"] == "transferred"
@@ -108,6 +115,172 @@ async def test_a_cold_transfer_ends_the_relay_and_dials_the_human(
         if json.loads(d.body)["event"] == "call.transferred"
     ]
     assert event["call"]["transferredTo"] == HUMAN and event["call"]["callSid"] == sid
+
+
+@dataclass
+class ColdCall:
+    """A call whose agent has transferred it cold: Twilio is dialing the human."""
+
+    setup: CallingAgent
+    sid: str
+    dial: ET.Element  # the <Dial>
+
+
+async def cold_transfer(
+    app, client, mailbox, live, twilio_standin, llm, *, webhook_url: str | None = None
+) -> ColdCall:
+    setup = await calling_agent(
+        client,
+        mailbox,
+        twilio_standin,
+        number=FROM,
+        webhook_url=webhook_url,
+        agent={"systemInstruction": "You are Jack from the clinic.", "transferNumber": HUMAN},
+    )
+    sid = await dial(client, setup)
+    relay = await answer(twilio_standin, client, live, sid)
+    llm.reply_tool_call(
+        "transfer_call", {"reason": "wants a person"}, text="Let me put you through."
+    )
+    await relay.say("Can I talk to a person about my bill?")
+    assert await relay.reply() == "Let me put you through."
+    r = await relay.finish(handoff=(await relay.ended())["handoffData"])
+    dial_el = ET.fromstring(r.text).find("Dial")  # noqa: S314 (the app's TwiML)
+    assert dial_el is not None
+    await eventually(app, sid, lambda c: len(c.transcript) == 3)  # the session saved
+    return ColdCall(setup, sid, dial_el)
+
+
+async def dial_ends(
+    twilio_standin,
+    client,
+    cold: ColdCall,
+    dial_status: str,
+    *,
+    callee: str = "in-progress",
+    dial_sid: str | None = None,
+    seconds: int = 0,
+) -> httpx.Response:
+    """Twilio's request to the <Dial>'s action once the dialed call is over (signed, with the
+    parameters Twilio sends: the callee's call and the dialed one)."""
+    params = {
+        "AccountSid": twilio_standin.account_sid,
+        "CallSid": cold.sid,
+        "CallStatus": callee,
+        "Direction": "outbound-api",
+        "DialCallStatus": dial_status,
+        "DialBridged": "true" if dial_status == "completed" else "false",
+    }
+    if dial_sid is not None:
+        params |= {"DialCallSid": dial_sid, "DialCallDuration": str(seconds)}
+    r = await post_signed(twilio_standin, client, cold.dial.attrib["action"], params)
+    assert r.status_code == 200, r.text
+    return r
+
+
+async def test_a_cold_transfer_the_human_took_records_their_call_and_its_price(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    cold = await cold_transfer(app, client, mailbox, live, twilio_standin, llm)
+    # The dialed call, a child of the callee's, billed on its own.
+    human_sid = twilio_standin.add_call(HUMAN, FROM, direction="outbound-dial")
+    twilio_standin.set_call(human_sid, status="completed", duration="95", price="-0.01400")
+
+    r = await dial_ends(twilio_standin, client, cold, "completed", dial_sid=human_sid, seconds=95)
+
+    assert ET.fromstring(r.text).find("Hangup") is not None  # noqa: S314 (the app's TwiML)
+    call = await eventually(app, cold.sid, lambda c: c.transfer_cost is not None)
+    assert (call.transfer_call_sid, call.transfer_status, call.transfer_seconds) == (
+        human_sid,
+        "completed",
+        95,
+    )
+    assert call.transfer_joined_at is not None
+    r = await client.post("/call", json={"sid": cold.sid}, headers=cold.setup.key)
+    body = r.json()
+    assert (body["endedReason"], body["transferStatus"], body["transferCost"]) == (
+        "transferred",
+        "completed",
+        0.014,
+    )
+    assert body["cost"] is None  # the callee's own call is priced on its own
+    assert twilio_standin.redirects(cold.sid) == []
+
+
+@pytest.mark.parametrize("dial_status", ["no-answer", "busy", "failed"])
+async def test_a_cold_transfer_nobody_answers_takes_the_callee_back_to_the_agent(
+    app, client, mailbox, live, twilio_standin, llm, receiver, dial_status
+):
+    cold = await cold_transfer(
+        app, client, mailbox, live, twilio_standin, llm, webhook_url=receiver.url
+    )
+    human_sid = twilio_standin.add_call(HUMAN, FROM, direction="outbound-dial")
+
+    r = await dial_ends(twilio_standin, client, cold, dial_status, dial_sid=human_sid)
+
+    # Before this answer, Twilio went on to nothing: the callee was hung up on, unheard.
+    resumed = RelayTwiml.parse(r.text)
+    call = await call_row(app, cold.sid)
+    assert resumed.url == f"wss://talkstack.test/twilio/calls/{call.id}/relay"
+    assert "welcomeGreeting" not in resumed.attributes
+    assert (call.ended_reason, call.transfer_status, call.transfer_call_sid) == (
+        None,
+        dial_status,
+        human_sid,
+    )
+    assert call.transcript[-1]["transferFailed"] == dial_status
+    assert twilio_standin.redirects(cold.sid) == []  # the answer itself takes the callee back
+
+    # The agent speaks first, told why, and cannot transfer again.
+    sorry = "I'm sorry, nobody could pick up. Can I help you myself?"
+    llm.reply_text(sorry)
+    back = await connect_relay(twilio_standin, client, live, cold.sid, resumed)
+    assert await back.reply() == sorry
+    asked = llm.requests[-1]
+    assert "transfer_call" not in asked.tool_names
+    why = {"no-answer": "nobody answered", "busy": "the line was busy"}.get(
+        dial_status, "the call could not be connected"
+    )
+    assert f"The transfer failed: {why}." in asked.messages[-1]["content"]
+    events = await events_of(receiver, "call.transfer_failed")
+    [event] = [e for e in events if e["event"] == "call.transfer_failed"]
+    assert event["call"]["transferStatus"] == dial_status
+
+    # Twilio asking again (our answer lost on the way) gets the same answer, and nothing more.
+    again = await dial_ends(twilio_standin, client, cold, dial_status, dial_sid=human_sid)
+    assert RelayTwiml.parse(again.text).url == resumed.url
+    turns = (await call_row(app, cold.sid)).transcript
+    assert [t.get("transferFailed") for t in turns if "transferFailed" in t] == [dial_status]
+
+
+async def test_a_cold_transfer_whose_callee_hung_up_while_it_rang_ends_transfer_failed(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    cold = await cold_transfer(app, client, mailbox, live, twilio_standin, llm)
+    r = await dial_ends(twilio_standin, client, cold, "canceled", callee="completed")
+
+    assert ET.fromstring(r.text).find("Hangup") is not None  # noqa: S314 (the app's TwiML)
+    call = await call_row(app, cold.sid)
+    assert (call.ended_reason, call.transfer_status, call.transfer_call_sid) == (
+        "transfer-failed",
+        "canceled",
+        None,
+    )
+
+
+async def test_the_end_of_another_calls_dial_changes_nothing(
+    app, client, mailbox, live, twilio_standin, llm
+):
+    cold = await cold_transfer(app, client, mailbox, live, twilio_standin, llm)
+    other = ColdCall(cold.setup, "CA" + "9" * 32, cold.dial)  # signed, to this call's URL
+    r = await dial_ends(twilio_standin, client, other, "no-answer")
+    assert ET.fromstring(r.text).find("Hangup") is not None  # noqa: S314 (the app's TwiML)
+    call = await call_row(app, cold.sid)
+    assert (call.ended_reason, call.transfer_status, len(call.transcript)) == (
+        "transferred",
+        None,
+        3,
+    )
 
 
 async def test_a_cold_transfer_of_an_inbound_call_shows_our_number(
@@ -835,9 +1008,11 @@ async def test_a_briefing_end_or_conference_event_without_twilios_signature_chan
     human_sid = twilio_standin.call_sids[-1]
     joined = {"StatusCallbackEvent": "participant-join", "CallSid": human_sid}
     briefed = {"CallSid": human_sid, "CallStatus": "in-progress"}
+    dialed = {"CallSid": warm.sid, "CallStatus": "in-progress", "DialCallStatus": "busy"}
     for path, params in (
         (f"/twilio/calls/{call.id}/transfer-joined", joined),
         (f"/twilio/calls/{call.id}/transfer-briefed", briefed),
+        (f"/twilio/calls/{call.id}/transfer-dialed", dialed),
     ):
         for headers in ({}, {"X-Twilio-Signature": "bm90IGEgc2lnbmF0dXJl"}):
             r = await client.post(path, data=params, headers=headers)

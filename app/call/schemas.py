@@ -154,11 +154,11 @@ class CallOut(BaseModel):
     # The human the agent transferred the call to (endedReason `transferred`, or the reason
     # the call ended after a failed warm transfer sent the callee back to the agent).
     transferredTo: str | None = None
-    # A warm transfer's call to the human: a Twilio call of its own, billed on its own.
+    # The transfer's call to the human: a Twilio call of its own, billed on its own.
     transferCallSid: str | None = Field(
         default=None,
-        description="A warm transfer's call to the human (its own Twilio Call SID); null "
-        "without one.",
+        description="The transfer's call to the human (its own Twilio Call SID; a cold "
+        "transfer's once its `<Dial>` is over); null without one.",
         examples=["CA5b7c1e2d3f4a5b6c7d8e9f0a1b2c3d4e"],
     )
     transferStatus: str | None = Field(

@@ -18,7 +18,7 @@ def ws_base(public_base_url: str) -> str:
 def relay_twiml(ctx: AppContext, call: Call, agent: Agent | None, *, resumed: bool = False) -> str:
     """What Twilio does once the call connects: hand it to ConversationRelay and our socket.
 
-    `resumed`: a call already under way goes back to the agent (a warm transfer nobody took):
+    `resumed`: a call already under way goes back to the agent (a transfer nobody took):
     no greeting, and no second recording of an inbound call (the first one still runs)."""
     if agent is None:
         return twiml.say_and_hang_up(call.first_message)

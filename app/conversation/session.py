@@ -50,10 +50,10 @@ REPROMPT_NUDGE = (
     "The callee has said nothing for a while. Briefly and politely check whether they are "
     "still on the line; do not repeat your previous answer."
 )
-# What the agent is told when a warm transfer nobody took sends the callee back to it (the
+# What the agent is told when a transfer nobody took sends the callee back to it (the
 # transcript's transfer_call turn says why: "The transfer failed: nobody answered.").
 TRANSFER_FAILED_NOTE = (
-    "{result} The callee waited on hold and is back on the line with you now. Tell them so, "
+    "{result} The callee waited for the transfer and is back on the line with you now. Tell them so, "
     "briefly, then carry on helping them as well as you can. You cannot transfer this call "
     "again."
 )
@@ -131,7 +131,7 @@ class Conversation:
         self._on_turn = on_turn
         self._run_tool = run_tool
         self._clock = clock
-        # One transfer per call: an agent whose warm transfer nobody took is not offered the
+        # One transfer per call: an agent whose transfer nobody took is not offered the
         # tool again (app/conversation/transfer.py).
         self._may_transfer = bool(script.transfer_number) and not any(
             _is_transfer(turn) for turn in earlier

@@ -5,7 +5,9 @@ the session's Connect action (app/web/twilio.py), whose answer is decided here
 (`session_ended`):
 
 - cold: `<Dial>` the number, with our number on the call as caller id; the two people talk,
-  the agent is gone.
+  the agent is gone. When the dialed call ends, Twilio asks the Dial's action what next
+  (`human_dialed`): the human's call is recorded (`transfer_*`, priced like a warm one); one
+  nobody answered takes the callee back to the agent, in that same answer.
 - warm: the callee waits in a conference (hold music) while the server calls the human, whose
   leg first hears a briefing (the summary the agent gave with the tool call), then joins and
   starts the conference. If Twilio refuses to call the human, the transfer falls back to cold.
@@ -88,6 +90,16 @@ LEG_CHECK_JOB = "call.check_transfer_leg"
 LEG_CHECK_FIRST = timedelta(seconds=RING_SECONDS + 30)
 LEG_CHECK_EVERY = timedelta(seconds=20)
 LEG_CHECK_ATTEMPTS = 60
+# A <Dial>'s DialCallStatus as the human's call status (`answered`: connected, said of
+# conferences); anything else Twilio might say counts as failed.
+DIAL_STATUSES = {
+    "completed": CallStatus.COMPLETED,
+    "answered": CallStatus.COMPLETED,
+    "busy": CallStatus.BUSY,
+    "no-answer": CallStatus.NO_ANSWER,
+    "failed": CallStatus.FAILED,
+    "canceled": CallStatus.CANCELED,
+}
 # The human's leg ended without answering.
 UNANSWERED = frozenset(
     {CallStatus.BUSY, CallStatus.NO_ANSWER, CallStatus.FAILED, CallStatus.CANCELED}
@@ -162,7 +174,48 @@ async def hand_over(
             log.info("call %s: warm transfer, the callee waits for the human", call.id)
             return twiml.conference(room(call), starts_it=False)
     log.info("call %s: transferred", call.id)
-    return twiml.dial(number, caller_id=our_number(call))
+    return twiml.dial(
+        number,
+        caller_id=our_number(call),
+        action=f"{ctx.settings.public_base_url}/twilio/calls/{call.id}/transfer-dialed",
+        timeout_seconds=RING_SECONDS,
+    )
+
+
+async def human_dialed(
+    ctx: AppContext, session: AsyncSession, call_id: uuid.UUID, params: Mapping[str, str]
+) -> str:
+    """The `<Dial>` of a cold transfer is over (its action): record the human's call; if it
+    was never answered and the callee is still on the line, the callee goes back to the agent
+    (the answer is the new relay session), else the call ends."""
+    call = await session.get(Call, call_id, with_for_update=True)
+    if call is None or call.transferred_to is None or params.get("CallSid") != call.call_sid:
+        log.warning("call %s: a dial's end of another call ignored", call_id)
+        return twiml.hang_up()
+    agent = await session.get(Agent, call.agent_id) if call.agent_id else None
+    if call.transfer_status in states.FINAL:
+        # Twilio asked again (our first answer was lost): the same answer.
+        if call.ended_reason is None and agent is not None:
+            return relay_twiml(ctx, call, agent, resumed=True)
+        return twiml.hang_up()
+    status = DIAL_STATUSES.get(params.get("DialCallStatus", ""), CallStatus.FAILED)
+    call.transfer_call_sid = params.get("DialCallSid") or None
+    call.transfer_status = status
+    call.transfer_seconds = _seconds(params.get("DialCallDuration"))
+    if status == CallStatus.COMPLETED:
+        call.transfer_joined_at = utcnow() - timedelta(seconds=call.transfer_seconds)
+        if call.transfer_call_sid is not None:
+            await _price_leg(session, call)
+        log.info("call %s: the human took the call", call_id)
+        return twiml.hang_up()
+    log.info("call %s: the human did not take the call (%s)", call_id, status)
+    _transfer_failed_turn(call, status)
+    if params.get("CallStatus") in states.FINAL or agent is None:
+        await _fail(session, call)  # the callee hung up while it rang
+        return twiml.hang_up()
+    call.ended_reason = None
+    await call_changed(session, call, FAILED_EVENT)
+    return relay_twiml(ctx, call, agent, resumed=True)
 
 
 async def session_ended(
@@ -216,19 +269,7 @@ async def human_leg_status(ctx: AppContext, call_id: uuid.UUID, params: Mapping[
         if why is None or call.ended_reason != TRANSFERRED:
             return
         log.info("call %s: the human did not take the call (%s)", call.id, why)
-        now = iso_ms(utcnow())
-        call.transcript = [
-            *call.transcript,
-            {
-                "role": "tool",
-                "name": "transfer_call",
-                "arguments": {},
-                "result": f"The transfer failed: {_WHY[why]}.",
-                "transferFailed": why,
-                "startedAt": now,
-                "endedAt": now,
-            },
-        ]
+        _transfer_failed_turn(call, why)
         agent = await session.get(Agent, call.agent_id) if call.agent_id else None
         language = agent.language if agent is not None else "en-US"
         sid = call.call_sid
@@ -291,6 +332,34 @@ async def check_leg(ctx: AppContext, job: Job) -> None:
             "CallStatus": facts.status,
             "CallDuration": str(facts.duration_seconds or 0),
         },
+    )
+
+
+def _transfer_failed_turn(call: Call, why: str) -> None:
+    """Add the transcript's turn that says why the transfer failed (the model reads it)."""
+    now = iso_ms(utcnow())
+    call.transcript = [
+        *call.transcript,
+        {
+            "role": "tool",
+            "name": "transfer_call",
+            "arguments": {},
+            "result": f"The transfer failed: {_WHY[why]}.",
+            "transferFailed": why,
+            "startedAt": now,
+            "endedAt": now,
+        },
+    ]
+
+
+async def _price_leg(session: AsyncSession, call: Call) -> None:
+    """Twilio prices a call after it ends: the human's, with the same job as the call's own."""
+    await enqueue(
+        session,
+        kind=PRICE_JOB,
+        payload={"call_id": str(call.id), "leg": TRANSFER_LEG},
+        project_id=call.project_id,
+        max_attempts=PRICE_ATTEMPTS,
     )
 
 
@@ -372,14 +441,7 @@ async def _leg_moved(session: AsyncSession, call: Call, params: Mapping[str, str
     if new in states.FINAL:
         call.transfer_seconds = _seconds(params.get("CallDuration"))
     if new == CallStatus.COMPLETED:
-        # Twilio prices a call after it ends: the same job as the call's own price.
-        await enqueue(
-            session,
-            kind=PRICE_JOB,
-            payload={"call_id": str(call.id), "leg": TRANSFER_LEG},
-            project_id=call.project_id,
-            max_attempts=PRICE_ATTEMPTS,
-        )
+        await _price_leg(session, call)
     return True
 
 

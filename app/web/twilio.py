@@ -115,6 +115,15 @@ async def relay_ended(
     return _xml(await transfer.session_ended(ctx, session, call_id, params))
 
 
+@router.post("/twilio/calls/{call_id}/transfer-dialed", responses=SIGNED, response_class=Response)
+async def transfer_dialed(
+    call_id: uuid.UUID, params: Params, ctx: CtxDep, session: SessionDep
+) -> Response:
+    """The `<Dial>` of a cold transfer is over: hang up, or take the callee back to the agent
+    when nobody answered."""
+    return _xml(await transfer.human_dialed(ctx, session, call_id, params))
+
+
 @router.post(
     "/twilio/calls/{call_id}/transfer-status",
     status_code=204,

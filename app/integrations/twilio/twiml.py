@@ -66,11 +66,19 @@ def hang_up() -> str:
     return say_and_hang_up(None)
 
 
-def dial(number: str, *, caller_id: str, timeout_seconds: int = 30) -> str:
-    """`<Dial>` the number (a cold transfer): the call goes on between the two people, and
-    ends when either hangs up."""
+def dial(number: str, *, caller_id: str, action: str, timeout_seconds: int = 30) -> str:
+    """`<Dial>` the number (a cold transfer): the call goes on between the two people. When
+    the dialed call ends (or never starts), Twilio asks `action` (POST, signed) what comes
+    next, with the dialed call's SID, status and duration."""
     response = VoiceResponse()
-    response.dial(number, caller_id=caller_id, timeout=timeout_seconds, answer_on_bridge=True)
+    response.dial(
+        number,
+        caller_id=caller_id,
+        timeout=timeout_seconds,
+        answer_on_bridge=True,
+        action=action,
+        method="POST",
+    )
     return str(response.to_xml())
 
 
