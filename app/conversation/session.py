@@ -53,9 +53,9 @@ REPROMPT_NUDGE = (
 # What the agent is told when a transfer nobody took sends the callee back to it (the
 # transcript's transfer_call turn says why: "The transfer failed: nobody answered.").
 TRANSFER_FAILED_NOTE = (
-    "{result} The callee waited for the transfer and is back on the line with you now. Tell them so, "
-    "briefly, then carry on helping them as well as you can. You cannot transfer this call "
-    "again."
+    "{result} The callee waited for the transfer and is back on the line with you now. Tell "
+    "them so, briefly, then carry on helping them as well as you can. You cannot transfer "
+    "this call again."
 )
 
 # What the agent says when the LLM fails mid-call: short, then a clean hang-up.
