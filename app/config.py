@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: Annotated[float, Field(gt=0)] = 5.0
     # Retries wait 1, 4, 10 and 45 times this (five tries over about an hour).
     webhook_retry_base_seconds: Annotated[float, Field(ge=0)] = 60.0
+    # Delivered and dead webhook deliveries (their bodies hold transcripts) are deleted after.
+    webhook_delivery_retention_days: Annotated[int, Field(ge=1)] = 30
     batch_calls_per_second: Annotated[float, Field(gt=0)] = 1.0
     batch_max_concurrent_calls: Annotated[int, Field(ge=1)] = 10
     # A batch.dial job dials for this long, then queues its continuation (any worker takes it).

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
+from datetime import timedelta
 from functools import partial
 
 from app.batch import outcome
@@ -20,6 +21,7 @@ from app.hubspot import jobs as hubspot_jobs
 from app.integrations.webhooks import sender as webhooks
 from app.jobs.queue import wake_on_commit
 from app.jobs.worker import Handler, JobWorker
+from app.project import deliveries
 
 # Kinds whose jobs of one project run one at a time, in the order they were queued.
 # HubSpot syncs: one project's run one at a time, which keeps it under HubSpot's rate limits
@@ -63,6 +65,13 @@ async def running_worker(ctx: AppContext) -> AsyncIterator[JobWorker]:
             retry_base_seconds=settings.job_retry_base_seconds,
             shutdown_grace_seconds=settings.job_shutdown_grace_seconds,
             ordered_kinds=ORDERED_KINDS,
+            housekeeping=[
+                partial(
+                    deliveries.purge_expired,
+                    jobs_ctx.sessionmaker,
+                    timedelta(days=settings.webhook_delivery_retention_days),
+                )
+            ],
         )
         await worker.start()
         # Requests enqueue through the API's engine: their commits wake this worker too.

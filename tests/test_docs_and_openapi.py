@@ -12,6 +12,7 @@ import httpx
 import jsonschema_rs
 import pytest
 
+from app.config import Settings
 from app.tasks import job_handlers
 
 # Operations anyone may call. Every other one needs a credential and must say which.
@@ -201,3 +202,11 @@ async def test_the_operations_page_lists_every_kind_of_job(app):
     page = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
     listed = set(re.findall(r"^\| `([a-z_.]+)` \|", page, re.MULTILINE))
     assert listed == registered
+
+
+def test_the_configuration_page_documents_every_setting():
+    page = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    rows = re.findall(r"^\| (`[A-Z0-9_]+`(?:, `[A-Z0-9_]+`)*) \|", page, re.MULTILINE)
+    documented = {name for row in rows for name in re.findall(r"`([A-Z0-9_]+)`", row)}
+    settings = {name.upper() for name in Settings.model_fields}
+    assert settings - documented == set()

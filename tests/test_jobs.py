@@ -330,6 +330,31 @@ async def test_a_worker_only_claims_kinds_it_handles(maker):
     assert (await load(maker, foreign)).status == "queued"
 
 
+async def test_housekeeping_runs_with_the_reaping_and_a_failing_chore_stops_nothing(maker):
+    ran: list[str] = []
+
+    async def broken() -> None:
+        ran.append("broken")
+        raise RuntimeError("the database said no")
+
+    async def chore() -> None:
+        ran.append("chore")
+
+    (job,) = await add_jobs(maker)
+    w = worker(maker, {KIND: lambda job: asyncio.sleep(0)}, lease_seconds=0.1,
+               housekeeping=[broken, chore])  # fmt: skip
+    await w.start()
+    try:
+        await settled(maker, job, "done")
+        deadline = time.monotonic() + 5
+        while ran.count("chore") < 2:  # at the start, then with every reaping
+            assert time.monotonic() < deadline, ran
+            await asyncio.sleep(0.02)
+    finally:
+        await w.stop()
+    assert ran[:2] == ["broken", "chore"]
+
+
 # --- the app: in-process worker, restarts, the separate worker process ------------------------
 
 FAST = {

@@ -7,7 +7,7 @@ import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 import pytest
@@ -20,6 +20,9 @@ from app.integrations.webhooks import sender as webhooks
 from app.integrations.webhooks.sender import verify_signature
 from app.jobs.queue import enqueue_many
 from app.models import Call, Job, Project, WebhookDelivery
+from app.models.webhook_delivery import DeliveryStatus
+from app.project.deliveries import purge_expired
+from app.project.schemas import DeliveryStatus as ShownStatus
 from tests.factories import (
     api_key_for,
     assert_error,
@@ -680,3 +683,63 @@ async def test_a_worker_that_died_on_the_last_attempt_leaves_the_delivery_dead(
     (shown,) = (await listing(client, pid, key, status="dead")).json()["deliveries"]
     assert shown["id"] == str(delivery["id"])
     assert receiver.requests == 0
+
+
+# --- retention -------------------------------------------------------------------------------
+
+
+async def settle(app, pid: str, statuses: list[str]) -> list[WebhookDelivery]:
+    """Give the project's deliveries, oldest first, these statuses."""
+    stored = await rows(app, pid)
+    async with app.state.ctx.sessionmaker() as session:
+        for row, status in zip(stored, statuses, strict=True):
+            await session.execute(
+                update(WebhookDelivery).where(WebhookDelivery.id == row.id).values(status=status)
+            )
+        await session.commit()
+    return stored
+
+
+async def test_settled_deliveries_are_deleted_after_the_retention_and_the_rest_kept(
+    app, client, mailbox
+):
+    acct = await verified_account(client, mailbox)
+    key = {"x-api-key": await api_key_for(client, acct)}
+    pid = await make_project(app, acct.user_id)
+    await seed(app, pid, ["call.status"] * 4, at=datetime.now(UTC) - timedelta(days=31))
+    await seed(app, pid, ["call.status", "call.analyzed"])
+    stored = await settle(app, pid, ["delivered", "dead", "failed", "pending", "delivered", "dead"])
+
+    assert await purge_expired(app.state.ctx.sessionmaker, timedelta(days=30)) == 2
+
+    left = await rows(app, pid)
+    assert [d.id for d in left] == [d.id for d in stored[2:]]  # still retried, or recent
+    shown = (await listing(client, pid, key)).json()["deliveries"]
+    assert {d["id"] for d in shown} == {str(d.id) for d in stored[2:]}
+    gone = f"/project/{pid}/webhook-deliveries/{stored[0].id}/redeliver"
+    assert (await client.post(gone, headers=key)).status_code == 404
+    assert await purge_expired(app.state.ctx.sessionmaker, timedelta(days=30)) == 0
+
+
+@pytest.mark.parametrize(
+    "settings_overrides",
+    [{**FAST, "job_lease_seconds": 0.3, "webhook_delivery_retention_days": 7}],
+    indirect=True,
+)
+async def test_the_job_worker_purges_expired_deliveries_as_it_runs(app, client, mailbox):
+    acct = await verified_account(client, mailbox)
+    pid = await make_project(app, acct.user_id)
+    await seed(app, pid, ["call.status"], at=datetime.now(UTC) - timedelta(days=8))
+    await seed(app, pid, ["call.status"], at=datetime.now(UTC) - timedelta(days=6))
+    kept = (await settle(app, pid, ["delivered", "delivered"]))[1]
+
+    deadline = time.monotonic() + 10
+    while len(found := await rows(app, pid)) > 1:
+        assert time.monotonic() < deadline, "the expired delivery was never purged"
+        await asyncio.sleep(0.05)
+    assert [d.id for d in found] == [kept.id]
+
+
+def test_the_api_schema_lists_every_delivery_status() -> None:
+    # The stored states (the model's StrEnum) and the API's Literal (its OpenAPI enum) agree.
+    assert get_args(ShownStatus) == tuple(DeliveryStatus)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import timedelta
 
 from app.db import utcnow
@@ -61,6 +61,7 @@ class JobWorker:
         shutdown_grace_seconds: float = 10.0,
         retention_seconds: float = 7 * 24 * 3600,
         ordered_kinds: Collection[str] = (),
+        housekeeping: Sequence[Callable[[], Awaitable[object]]] = (),
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -74,6 +75,8 @@ class JobWorker:
         self._grace = shutdown_grace_seconds
         self._retention = retention_seconds
         self._ordered = frozenset(ordered_kinds)
+        # Clean-up of the application's own (expired rows...), run with the queue's own.
+        self._housekeeping = tuple(housekeeping)
         # Claimed and not yet settled (running, or waiting in a lane behind a running job).
         self._held: dict[uuid.UUID, Job] = {}
         self._lanes: dict[tuple[str, uuid.UUID], deque[Job]] = {}
@@ -278,6 +281,11 @@ class JobWorker:
         await queue.purge_done(
             self._sessionmaker, older_than=utcnow() - timedelta(seconds=self._retention)
         )
+        for chore in self._housekeeping:
+            try:
+                await chore()
+            except Exception:
+                log.exception("housekeeping (%r) failed", chore)
 
 
 def _log_dead(job: Job, reason: str) -> None:

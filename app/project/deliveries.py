@@ -6,15 +6,18 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import literal, select, tuple_
+from sqlalchemy import CursorResult, delete, literal, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
 from app.errors import Conflict, NotFound
 from app.integrations.webhooks import sender as webhooks
 from app.jobs import queue
+from app.jobs.queue import Sessionmaker
 from app.models import Job, Project, WebhookDelivery
+from app.models.webhook_delivery import DeliveryStatus
 from app.pagination import PageTokens
 from app.project.service import new_webhook_secret
 
@@ -143,3 +146,30 @@ async def rotate_webhook_secret(
     project.updated_at = now
     await session.flush()
     return project.webhook_secret, expires
+
+
+# Deliveries that are over: nothing more will be tried unless the owner redelivers.
+SETTLED = (DeliveryStatus.DELIVERED, DeliveryStatus.DEAD)
+
+
+async def purge_expired(sessionmaker: Sessionmaker, retention: timedelta, batch: int = 1000) -> int:
+    """Delete up to `batch` settled deliveries whose event is older than `retention`; how
+    many. Their bodies hold transcripts and phone numbers: they are not kept forever. Pending
+    and failed ones stay until settled. Run by every job worker, now and then (app/tasks.py)."""
+    old = (
+        select(WebhookDelivery.id)
+        .where(
+            WebhookDelivery.created_at < utcnow() - retention,
+            WebhookDelivery.status.in_(SETTLED),
+        )
+        .order_by(WebhookDelivery.created_at)
+        .limit(batch)
+    )
+    async with sessionmaker() as session:
+        result = await session.execute(
+            delete(WebhookDelivery)
+            .where(WebhookDelivery.id.in_(old))
+            .execution_options(synchronize_session=False)
+        )
+        await session.commit()
+    return cast(CursorResult[Any], result).rowcount

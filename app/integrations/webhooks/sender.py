@@ -27,6 +27,7 @@ from app.integrations.webhooks.url import validate_webhook_url
 from app.jobs.queue import MAX_ERROR_LENGTH, Sessionmaker, enqueue_many, job_row
 from app.jobs.worker import RetryLater
 from app.models import Job, Project, WebhookDelivery
+from app.models.webhook_delivery import DeliveryStatus
 from app.timefmt import iso_ms
 
 log = logging.getLogger("talkstack.jobs.webhooks")
@@ -49,12 +50,12 @@ CALL_EVENTS: tuple[CallEvent, ...] = (
     "call.transfer_failed",
 )
 
-# A delivery's status, as GET /project/{id}/webhook-deliveries shows it.
-PENDING = "pending"  # not tried yet (or redelivered and not tried since)
-DELIVERED = "delivered"  # the receiver answered 2xx
-FAILED = "failed"  # the last attempt failed; another is scheduled (next_attempt_at)
-DEAD = "dead"  # every attempt failed, or there was nowhere to send it: given up
-DELIVERY_STATUSES = (PENDING, DELIVERED, FAILED, DEAD)
+# A delivery's status, as GET /project/{id}/webhook-deliveries shows it (DeliveryStatus,
+# app/models/webhook_delivery.py).
+PENDING = DeliveryStatus.PENDING
+DELIVERED = DeliveryStatus.DELIVERED
+FAILED = DeliveryStatus.FAILED
+DEAD = DeliveryStatus.DEAD
 
 
 async def enqueue_call_event(
