@@ -21,11 +21,12 @@ from sqlalchemy import select
 
 from app.call.status import CallStatus
 from app.hubspot import jobs as hubspot_jobs
-from app.hubspot.schemas import HubSpotOut
+from app.hubspot.schemas import HubSpotOut, LastSyncOut
 from app.hubspot.service import ConnectionStatus
 from app.hubspot.sync import HUBSPOT_STATUS, CallFacts, body, engagement
 from app.jobs.worker import JobWorker, PermanentFailure, RetryLater
 from app.models import Call, HubSpotConnection, Job
+from app.models.hubspot_connection import SyncResult
 from tests.factories import (
     CallingAgent,
     api_key_for,
@@ -677,3 +678,7 @@ def test_the_api_schema_lists_every_connection_status() -> None:
     # statuses, and `not_connected` for a project without one.
     state = HubSpotOut.model_fields["state"].annotation
     assert get_args(state) == (*ConnectionStatus, "not_connected")
+
+
+def test_the_api_schema_lists_every_sync_result() -> None:
+    assert get_args(LastSyncOut.model_fields["result"].annotation) == tuple(SyncResult)

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.hubspot.service import ConnectionStatus
 from app.models import HubSpotConnection
+from app.models.hubspot_connection import SyncResult
 from app.schemas import Strict
 from app.timefmt import iso_ms
 
@@ -84,13 +85,12 @@ class HubSpotOut(BaseModel):
                 lastSync=None,
             )
         last = None
-        if connection.last_sync_at is not None and connection.last_sync_result in (
-            "success",
-            "error",
-        ):
+        if connection.last_sync_at is not None and connection.last_sync_result in tuple(SyncResult):
             last = LastSyncOut(
                 at=iso_ms(connection.last_sync_at) or "",
-                result="success" if connection.last_sync_result == "success" else "error",
+                result=(
+                    "success" if connection.last_sync_result == SyncResult.SUCCESS else "error"
+                ),
                 callSid=connection.last_sync_call_sid,
                 message=connection.last_sync_error,
             )

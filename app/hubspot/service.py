@@ -27,16 +27,17 @@ from app.integrations.hubspot.errors import (
     HubSpotUpstreamError,
 )
 from app.models import Call, HubSpotConnection, Project
-from app.models.hubspot_connection import (  # defined with the column it fills
+from app.models.hubspot_connection import (  # defined with the columns they fill
     ConnectionStatus as ConnectionStatus,
 )
+from app.models.hubspot_connection import SyncResult
 
 log = logging.getLogger("talkstack.hubspot")
 
 
 # The last sync's result (last_sync_result).
-SUCCESS = "success"
-ERROR = "error"
+SUCCESS = SyncResult.SUCCESS
+ERROR = SyncResult.ERROR
 
 # Contact properties reach prompts as {{hubspot.<property>}}.
 VARIABLE_PREFIX = "hubspot."
@@ -157,7 +158,10 @@ def mark_broken(connection: HubSpotConnection, reason: str, call_sid: str | None
 
 
 def record_result(
-    connection: HubSpotConnection, result: str, error: str | None, call_sid: str | None = None
+    connection: HubSpotConnection,
+    result: SyncResult,
+    error: str | None,
+    call_sid: str | None = None,
 ) -> None:
     now = utcnow()
     connection.last_sync_at = now

@@ -18,6 +18,13 @@ class ConnectionStatus(StrEnum):
     BROKEN = "broken"
 
 
+class SyncResult(StrEnum):
+    """The last sync attempt's outcome (stored as its value; `error` with the error)."""
+
+    SUCCESS = "success"
+    ERROR = "error"
+
+
 class HubSpotConnection(TimestampMixin, Base):
     """A project's HubSpot account (docs/api/hubspot.md): at most one per project.
 
