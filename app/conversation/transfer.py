@@ -85,7 +85,8 @@ FAILED_EVENT: CallEvent = "call.transfer_failed"
 RING_SECONDS = 30
 # A look at Twilio's record of the human's call, in case its status callback is lost: first
 # once it must have been answered or given up, then every LEG_CHECK_EVERY while the callee
-# waits, every CHECK_GRACE once the two talk (the call's own time limit bounds that).
+# waits, every CHECK_GRACE once the two talk (the call's own time limit bounds that: 60 tries
+# last about five hours, past the longest call, four).
 LEG_CHECK_JOB = "call.check_transfer_leg"
 LEG_CHECK_FIRST = timedelta(seconds=RING_SECONDS + 30)
 LEG_CHECK_EVERY = timedelta(seconds=20)
