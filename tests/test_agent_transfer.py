@@ -126,17 +126,25 @@ class ColdCall:
     dial: ET.Element  # the <Dial>
 
 
-async def cold_transfer(
-    app, client, mailbox, live, twilio_standin, llm, *, webhook_url: str | None = None
-) -> ColdCall:
-    setup = await calling_agent(
+async def transferring_agent(
+    client, mailbox, twilio_standin, *, webhook_url: str | None, **fields: Any
+) -> CallingAgent:
+    """An agent (on FROM) that may transfer to HUMAN; its project's webhook at `webhook_url`."""
+    agent = {"systemInstruction": "You are Jack from the clinic.", "transferNumber": HUMAN}
+    return await calling_agent(
         client,
         mailbox,
         twilio_standin,
         number=FROM,
         webhook_url=webhook_url,
-        agent={"systemInstruction": "You are Jack from the clinic.", "transferNumber": HUMAN},
+        agent={**agent, **fields},
     )
+
+
+async def cold_transfer(
+    app, client, mailbox, live, twilio_standin, llm, *, webhook_url: str | None = None
+) -> ColdCall:
+    setup = await transferring_agent(client, mailbox, twilio_standin, webhook_url=webhook_url)
     sid = await dial(client, setup)
     relay = await answer(twilio_standin, client, live, sid)
     llm.reply_tool_call(
@@ -345,17 +353,8 @@ class WarmCall:
 async def warm_transfer_to_handoff(
     app, client, mailbox, live, twilio_standin, llm, *, webhook_url: str | None = None
 ) -> WarmCall:
-    setup = await calling_agent(
-        client,
-        mailbox,
-        twilio_standin,
-        number=FROM,
-        webhook_url=webhook_url,
-        agent={
-            "systemInstruction": "You are Jack from the clinic.",
-            "transferNumber": HUMAN,
-            "transferMode": "warm",
-        },
+    setup = await transferring_agent(
+        client, mailbox, twilio_standin, webhook_url=webhook_url, transferMode="warm"
     )
     sid = await dial(client, setup)
     relay = await answer(twilio_standin, client, live, sid)

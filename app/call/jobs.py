@@ -12,6 +12,7 @@ from app.call import status as states
 from app.call.lifecycle import CHECK_GRACE
 from app.context import AppContext
 from app.errors import AppError
+from app.integrations.twilio.types import CallFacts
 from app.jobs.worker import PermanentFailure, RetryLater
 from app.models import Call, Job
 
@@ -84,17 +85,23 @@ async def end_transfer_leg(ctx: AppContext, job: Job) -> None:
 # -- the final status, when Twilio's callback never came ------------------------------------------
 
 
+async def fetch_known_call(ctx: AppContext, sid: str) -> CallFacts:
+    """Twilio's record of call `sid`, for a job: a SID Twilio does not know will never be
+    known, and the job is given up at once (PermanentFailure)."""
+    try:
+        return await ctx.telephony.fetch_call(sid)
+    except AppError as exc:
+        if exc.extra.get("twilioCode") == TWILIO_NOT_FOUND:
+            raise PermanentFailure(f"Twilio has no call {sid}") from exc
+        raise
+
+
 async def check_call(ctx: AppContext, job: Job) -> None:
     call_id = uuid.UUID(job.payload["call_id"])
     sid = await _twilio_sid(ctx, call_id, unless_final=True)
     if sid is None:
         return  # gone, or the callback came: nothing to ask Twilio
-    try:
-        facts = await ctx.telephony.fetch_call(sid)
-    except AppError as exc:
-        if exc.extra.get("twilioCode") == TWILIO_NOT_FOUND:
-            raise PermanentFailure(f"Twilio has no call {sid}") from exc
-        raise
+    facts = await fetch_known_call(ctx, sid)
     if facts.status not in states.FINAL:
         raise RetryLater(
             delay=CHECK_GRACE.total_seconds(), reason=f"Twilio says the call is {facts.status}"

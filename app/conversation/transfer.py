@@ -62,7 +62,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.call import status as states
 from app.call.callbacks import same_call
 from app.call.events import call_changed
-from app.call.jobs import TRANSFER_LEG, TWILIO_NOT_FOUND
+from app.call.jobs import TRANSFER_LEG, fetch_known_call
 from app.call.lifecycle import CHECK_GRACE, PRICE_ATTEMPTS, PRICE_JOB
 from app.call.status import CallStatus
 from app.context import AppContext
@@ -72,7 +72,7 @@ from app.errors import AppError
 from app.integrations.twilio import twiml
 from app.integrations.webhooks.sender import CallEvent
 from app.jobs.queue import enqueue
-from app.jobs.worker import PermanentFailure, RetryLater
+from app.jobs.worker import RetryLater
 from app.models import Agent, Call, Job
 from app.timefmt import iso_ms
 
@@ -308,12 +308,7 @@ async def check_leg(ctx: AppContext, job: Job) -> None:
     if call is None or call.transfer_call_sid is None or call.transfer_status in states.FINAL:
         return  # gone, or the callback came: nothing to ask Twilio
     sid = call.transfer_call_sid
-    try:
-        facts = await ctx.telephony.fetch_call(sid)
-    except AppError as exc:
-        if exc.extra.get("twilioCode") == TWILIO_NOT_FOUND:
-            raise PermanentFailure(f"Twilio has no call {sid}") from exc
-        raise
+    facts = await fetch_known_call(ctx, sid)
     if facts.status not in states.FINAL:
         every = LEG_CHECK_EVERY if call.transfer_joined_at is None else CHECK_GRACE
         raise RetryLater(
