@@ -130,8 +130,9 @@ class JobWorker:
             self._unsubscribe()
         self._wake.set()
         await self._poller
-        # Jobs waiting in a lane have not started: give them back at once.
-        for lane in self._lanes.values():
+        # Jobs waiting in a lane have not started: give them back at once. A snapshot: each
+        # release awaits, and a lane whose running job ends meanwhile removes itself.
+        for lane in list(self._lanes.values()):
             while lane:
                 await self._release(lane.popleft())
         if self._tasks:
