@@ -96,6 +96,19 @@ async def fetch_known_call(ctx: AppContext, sid: str) -> CallFacts:
         raise
 
 
+def as_status_callback(sid: str, facts: CallFacts) -> dict[str, str]:
+    """Twilio's record of a finished call as the parameters of the status callback that
+    would have brought it (applied when that callback never came)."""
+    params = {
+        "CallSid": sid,
+        "CallStatus": facts.status,
+        "CallDuration": str(facts.duration_seconds or 0),
+    }
+    if facts.end_time is not None:
+        params["Timestamp"] = format_datetime(facts.end_time.astimezone(UTC), usegmt=True)
+    return params
+
+
 async def check_call(ctx: AppContext, job: Job) -> None:
     call_id = uuid.UUID(job.payload["call_id"])
     sid = await _twilio_sid(ctx, call_id, unless_final=True)
@@ -106,13 +119,7 @@ async def check_call(ctx: AppContext, job: Job) -> None:
         raise RetryLater(
             delay=CHECK_GRACE.total_seconds(), reason=f"Twilio says the call is {facts.status}"
         )
-    params = {
-        "CallSid": sid,
-        "CallStatus": facts.status,
-        "CallDuration": str(facts.duration_seconds or 0),
-    }
-    if facts.end_time is not None:
-        params["Timestamp"] = format_datetime(facts.end_time.astimezone(UTC), usegmt=True)
+    params = as_status_callback(sid, facts)
     async with ctx.sessionmaker() as session, session.begin():
         call = await session.get(Call, call_id, with_for_update=True)
         if call is not None and await callbacks.apply_status(session, call, params):

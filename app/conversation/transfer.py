@@ -62,7 +62,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.call import status as states
 from app.call.callbacks import same_call
 from app.call.events import call_changed
-from app.call.jobs import TRANSFER_LEG, fetch_known_call
+from app.call.jobs import TRANSFER_LEG, as_status_callback, fetch_known_call
 from app.call.lifecycle import CHECK_GRACE, PRICE_ATTEMPTS, PRICE_JOB
 from app.call.status import CallStatus
 from app.context import AppContext
@@ -320,15 +320,7 @@ async def check_leg(ctx: AppContext, job: Job) -> None:
         sid,
         facts.status,
     )
-    await human_leg_status(
-        ctx,
-        call_id,
-        {
-            "CallSid": sid,
-            "CallStatus": facts.status,
-            "CallDuration": str(facts.duration_seconds or 0),
-        },
-    )
+    await human_leg_status(ctx, call_id, as_status_callback(sid, facts))
 
 
 def _transfer_failed_turn(call: Call, why: str) -> None:

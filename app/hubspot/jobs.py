@@ -122,7 +122,7 @@ async def _record(
             service.mark_broken(connection, error or service.REVOKED_MESSAGE, facts.call_sid)
             log.warning("HubSpot of project %s is broken: %s", facts.project_id, error)
         else:
-            result = service.ERROR if error else service.SUCCESS
+            result = service.SyncResult.ERROR if error else service.SyncResult.SUCCESS
             service.record_result(connection, result, error, facts.call_sid)
 
 

@@ -30,14 +30,12 @@ from app.models import Call, HubSpotConnection, Project
 from app.models.hubspot_connection import (  # defined with the columns they fill
     ConnectionStatus as ConnectionStatus,
 )
-from app.models.hubspot_connection import SyncResult
+from app.models.hubspot_connection import (
+    SyncResult as SyncResult,
+)
 
 log = logging.getLogger("talkstack.hubspot")
 
-
-# The last sync's result (last_sync_result).
-SUCCESS = SyncResult.SUCCESS
-ERROR = SyncResult.ERROR
 
 # Contact properties reach prompts as {{hubspot.<property>}}.
 VARIABLE_PREFIX = "hubspot."
@@ -154,7 +152,7 @@ async def _forget_hubspot_ids(session: AsyncSession, project_id: uuid.UUID) -> N
 
 def mark_broken(connection: HubSpotConnection, reason: str, call_sid: str | None = None) -> None:
     connection.status = ConnectionStatus.BROKEN
-    record_result(connection, ERROR, reason, call_sid)
+    record_result(connection, SyncResult.ERROR, reason, call_sid)
 
 
 def record_result(
