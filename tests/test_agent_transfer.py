@@ -640,6 +640,11 @@ async def test_a_warm_transfer_twilio_refuses_falls_back_to_cold(
     r = await warm.relay.finish(handoff=warm.handoff)
     dial_el = ET.fromstring(r.text).find("Dial")  # noqa: S314
     assert dial_el is not None and dial_el.text == HUMAN  # still reaches the human, unbriefed
+    call = await call_row(app, warm.sid)
+    # As any cold transfer: its end comes back here (nobody answering takes the callee back).
+    assert dial_el.attrib["action"] == (
+        f"https://talkstack.test/twilio/calls/{call.id}/transfer-dialed"
+    )
 
 
 # -- the human's call -------------------------------------------------------------------------
